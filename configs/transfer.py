@@ -1,0 +1,39 @@
+r"""Transfer run: start from a source checkpoint, new head, train on the target task.
+
+  ./launch.sh configs/transfer.py:strategy=linear_probe --workdir runs/linear_probe
+
+Default: the source run of configs/source.py (runs/source), target Fashion-MNIST
+classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot) with 10 labelled images per
+class, evaluated on the target's 5000 test images. Strategies: linear_probe (head
+only, backbone frozen), full_finetune, scratch (the seed's pretrained=False
+baseline: same training, random init). See experiments/seed_transfer.py for the
+comparison table and the accuracies it gave.
+
+Arguments, e.g. `configs/transfer.py:init=runs/src,shots=5,strategy=full_finetune`:
+  init (source workdir), model, dataset, classes, shots (0 = all), strategy,
+  small_stem, width, size, steps, batch, lr.
+"""
+
+from jtl.config import base_config, parse_arg, parse_classes
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, init="runs/source", model="resnet18", dataset="fashion_mnist",
+                classes="5-9", shots=10, strategy="full_finetune", small_stem=True,
+                width=0.25, size=28, steps=200, batch=50, lr=0.01)
+  c = base_config()
+  c.model.name, c.model.small_stem, c.model.width = a["model"], a["small_stem"], a["width"]
+  c.data.name = a["dataset"]
+  c.data.classes = parse_classes(a["classes"])
+  c.data.shots = a["shots"] or None
+  c.data.val_per_class = 20
+  c.data.image_size = a["size"]
+  c.data.batch_size = a["batch"]
+  c.strategy.name = a["strategy"]
+  # The seed's `pretrained=False`: the same target training from a random init.
+  c.init = "" if a["strategy"] == "scratch" else a["init"]
+  c.total_steps = a["steps"]
+  c.eval_every = 50
+  c.checkpoint_every = 100
+  c.optim.lr, c.optim.warmup_steps = a["lr"], 10
+  return c

@@ -1,0 +1,85 @@
+"""Shared pieces of config files: the argument-string parser and the base config.
+
+Config files under configs/ are `get_config(arg)` functions; `arg` is a short
+string such as "model=resnet18,dataset=fashion_mnist".
+
+>>> parse_arg("model=resnet50,shots=10", model="resnet18", shots=0, dataset="digits")
+{'model': 'resnet50', 'shots': 10, 'dataset': 'digits'}
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """Parses "k=v,k2=v2" into a dict, typed like `defaults`; unknown keys are refused."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; this config takes "
+                       f"{', '.join(sorted(defaults))}.")
+    default = defaults[key]
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("", "1", "true", "yes") if sep else True
+    elif isinstance(default, int):
+      out[key] = int(value)
+    elif isinstance(default, float):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every run; config files override what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.log_every = 50
+  c.eval_every = 250        # Validation accuracy every N steps (0: only at the end).
+  c.checkpoint_every = 250
+  c.keep_checkpoints = 2
+  c.progress = True         # tqdm progress bars.
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="resnet18", small_stem=False, width=1.0, dtype="float32"))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="fashion_mnist", data_dir=ml_collections.FieldReference(None, field_type=str),
+      classes=ml_collections.FieldReference(None, field_type=tuple),
+      shots=ml_collections.FieldReference(None, field_type=int),
+      val_per_class=0, skip_corrupt=False,
+      image_size=224, channels=3, augment=True, batch_size=128, eval_batch_size=256,
+      # Normalization of uint8 images on device: x/255 - mean) / std. None takes the
+      # source checkpoint's constants when transferring, else 0.5 / 0.5.
+      mean=ml_collections.FieldReference(None, field_type=tuple),
+      std=ml_collections.FieldReference(None, field_type=tuple)))
+
+  # Where the source weights come from: a jtl workdir, or "" to start from scratch.
+  c.init = ""
+  c.dont_load = ("head/.*",)   # Re-initialized on transfer instead of loaded.
+
+  c.strategy = ml_collections.ConfigDict(dict(
+      name="full_finetune",
+      rules=ml_collections.FieldReference(None, field_type=tuple),  # Overrides name.
+      bn="auto"))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="momentum", lr=0.1, momentum=0.9, weight_decay=5e-4, clip_norm=0.0,
+      schedule="warmup_cosine", warmup_steps=50))
+
+  c.loss = ml_collections.ConfigDict(dict(name="xent", label_smoothing=0.0))
+  return c
+
+
+def parse_classes(spec: str) -> tuple[int, ...] | None:
+  """"0-4" -> (0, 1, 2, 3, 4); "1+3+7-9" -> (1, 3, 7, 8, 9); "all" or "" -> None."""
+  if spec in ("", "all"):
+    return None
+  out = []
+  for part in spec.split("+"):
+    lo, _, hi = part.partition("-")
+    out.extend(range(int(lo), int(hi or lo) + 1))
+  return tuple(out)

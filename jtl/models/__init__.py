@@ -1,0 +1,57 @@
+"""Models looked up by name, plus helpers that strategies use on parameter paths."""
+
+import math
+
+import flax.linen as nn
+import jax
+
+from jtl.models.resnet import STAGES, ResNet
+
+# name -> (blocks per stage, bottleneck blocks?)
+MODELS = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+    "resnet152": ((3, 8, 36, 3), True),
+}
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+  """Builds the model called `name`; kwargs go to its constructor.
+
+  Example:
+    >>> model = get_model("resnet18", num_classes=10, small_stem=True, width=0.5)
+  """
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; known models are {', '.join(MODELS)}.")
+  stage_sizes, bottleneck = MODELS[name]
+  return ResNet(stage_sizes=stage_sizes, bottleneck=bottleneck, **kwargs)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a pytree (arrays or `jax.eval_shape` structs).
+
+  Example:
+    >>> count_params({"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)})
+    16
+  """
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def stage_of(path: str) -> str:
+  """The stage ("stem", "stage1".."stage4" or "head") a "/"-joined path lies in.
+
+  A leading collection name such as "params/" is skipped.
+
+  Example:
+    >>> stage_of("stage3/block1/conv2/kernel")
+    'stage3'
+  """
+  for part in path.split("/"):
+    if part in STAGES or part == "head":
+      return part
+  raise ValueError(f"Parameter path {path!r} lies in none of {STAGES + ('head',)}.")
+
+
+__all__ = ["MODELS", "STAGES", "ResNet", "count_params", "get_model", "stage_of"]

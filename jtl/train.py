@@ -1,0 +1,319 @@
+"""The jtl trainer: one run trains one model on one task and evaluates it.
+
+A source run (configs/source.py) leaves a checkpoint; a transfer run
+(configs/transfer.py) starts from it with a new head and a strategy. Both are
+driven from `train_and_evaluate`, which reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax.traverse_util as tu
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from jtl import checkpoint, data, models, optim, strategy, writers
+
+MODEL_JSON = "model.json"
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  # Static: part of the compiled step, not of the checkpoint.
+  apply_fn: Callable = struct.field(pytree_node=False)   # (variables, images, train) -> (logits, out, stats)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  loss_fn: Callable = struct.field(pytree_node=False)    # (logits, labels) -> per-example loss
+  frozen: frozenset = struct.field(pytree_node=False)    # Paths that get no gradient.
+
+
+# ---------------------------------------------------------------------------
+# Pure step functions.
+# ---------------------------------------------------------------------------
+def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
+  """One optimizer step on one global batch; returns the new state and metrics."""
+  rng = jax.random.fold_in(rng, state.step)
+
+  def loss_of(params):
+    # stop_gradient on frozen parameters takes them off the differentiation path,
+    # so XLA computes no weight gradient (and no backward pass below the lowest
+    # trainable layer) for them.
+    params = _stop_gradient_at(params, state.frozen)
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    logits, _, batch_stats = state.apply_fn(variables, batch["image"], train=True, rng=rng)
+    return state.loss_fn(logits, batch["label"]).mean(), (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "grad_norm": optax.tree.norm(grads),
+      "update_norm": optax.tree.norm(updates),
+      "param_norm": optax.tree.norm(params),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch) -> dict:
+  """Sums of loss and correct predictions over the real (mask=True) examples."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits, _, _ = state.apply_fn(variables, batch["image"], train=False, rng=None)
+  mask = batch["mask"].astype(jnp.float32)
+  return {"loss": jnp.sum(state.loss_fn(logits, batch["label"]) * mask),
+          "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+          "count": jnp.sum(mask)}
+
+
+def _stop_gradient_at(params, frozen: frozenset):
+  if not frozen:
+    return params
+  flat = tu.flatten_dict(params, sep="/")
+  return tu.unflatten_dict({k: jax.lax.stop_gradient(v) if k in frozen else v
+                            for k, v in flat.items()}, sep="/")
+
+
+# ---------------------------------------------------------------------------
+# Pieces the trainer assembles.
+# ---------------------------------------------------------------------------
+def make_loss_fn(cfg, num_classes: int) -> Callable:
+  """Per-example loss: "xent" (with label smoothing) or "mse" on one-hot targets."""
+  def loss_fn(logits, labels):
+    targets = jax.nn.one_hot(labels, num_classes)
+    if cfg.name == "xent":
+      return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, cfg.label_smoothing))
+    if cfg.name == "mse":
+      return jnp.mean((logits - targets) ** 2, axis=-1)
+    raise ValueError(f"config field loss.name is {cfg.name!r}; expected 'xent' or 'mse'.")
+  return loss_fn
+
+
+def make_apply_fn(model, mean, std, bn_train: tuple[str, ...]) -> Callable:
+  """Normalizes uint8 images on device and runs the model."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+
+  def apply_fn(variables, images, train: bool, rng):
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    if train:
+      (logits, out), new = model.apply(variables, x, train=True, bn_train=bn_train,
+                                       mutable=["batch_stats"])
+      return logits, out, new["batch_stats"]
+    logits, out = model.apply(variables, x, train=False)
+    return logits, out, variables["batch_stats"]
+  return apply_fn
+
+
+def evaluate(eval_fn, state, source, cfg, put) -> dict:
+  """Accuracy and mean loss of `state` on a whole split."""
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  batches = data.eval_batches(source, batch_size=cfg.data.eval_batch_size // jax.process_count(),
+                              image_size=cfg.data.image_size, channels=cfg.data.channels,
+                              shard_index=jax.process_index(), shard_count=jax.process_count())
+  n = -(-len(source) // cfg.data.eval_batch_size)
+  for batch in tqdm(batches, total=n, desc="eval", leave=False, disable=not _show(cfg)):
+    for k, v in jax.device_get(eval_fn(state, put(batch))).items():
+      totals[k] += float(v)
+  return {"accuracy": totals["correct"] / max(totals["count"], 1),
+          "loss": totals["loss"] / max(totals["count"], 1)}
+
+
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    tqdm.write(f"jtl: {message}")
+
+
+def _show(cfg) -> bool:
+  return bool(cfg.progress) and jax.process_index() == 0
+
+
+class _Preemption:
+  """Turns SIGTERM (a preempted VM) into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(Exception):
+  """Raised after SIGTERM, once the checkpoint is written."""
+
+
+# ---------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+  # ---- Setup ---------------------------------------------------------------
+  os.makedirs(workdir, exist_ok=True)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  batch_size = config.data.batch_size
+  if batch_size % jax.device_count():
+    raise ValueError(f"config field data.batch_size={batch_size} must be divisible by the "
+                     f"{jax.device_count()} devices.")
+
+  def put(batch):
+    return {k: jax.make_array_from_process_local_data(sharded, np.asarray(v))
+            for k, v in batch.items()}
+
+  # ---- Data ----------------------------------------------------------------
+  splits = data.make_splits(config.data, seed=config.seed)
+  train_src = splits["train"]
+  num_classes = train_src.num_classes
+  source_meta = _read_model_json(config.init) if config.init else {}
+  mean = config.data.mean or source_meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
+  std = config.data.std or source_meta.get("data", {}).get("std") or (0.5,) * config.data.channels
+  train_iter = iter(data.train_dataset(
+      train_src, batch_size=batch_size // jax.process_count(), image_size=config.data.image_size,
+      channels=config.data.channels, augment=config.data.augment, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count()))
+
+  # ---- Model and source weights --------------------------------------------
+  model = models.get_model(config.model.name, num_classes=num_classes,
+                           small_stem=config.model.small_stem, width=config.model.width,
+                           dtype=jnp.dtype(config.model.dtype))
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
+  variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  if config.init:
+    src_params, src_stats = checkpoint.load_model(config.init)
+    params, report = checkpoint.merge(params, src_params, dont_load=config.dont_load,
+                                      source=f"checkpoint {config.init}")
+    batch_stats, _ = checkpoint.merge(batch_stats, src_stats, dont_load=config.dont_load,
+                                      source=f"checkpoint {config.init} (batch_stats)")
+    _log(f"loaded {report['loaded']} parameters from {config.init}; "
+         f"re-initialized {', '.join(report['kept_from_init']) or 'none'}")
+
+  # ---- Strategy and optimizer ----------------------------------------------
+  rules = strategy.get_rules(config.strategy.rules or config.strategy.name)
+  labels = strategy.assign_labels(rules, params)
+  frozen = frozenset(p for p, l in tu.flatten_dict(labels, sep="/").items() if l == strategy.FREEZE)
+  tx = optim.make_optimizer(config.optim, labels, config.total_steps)
+  bn_train = strategy.bn_train_stages(labels, config.strategy.bn)
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      apply_fn=make_apply_fn(model, mean, std, bn_train), tx=tx,
+      loss_fn=make_loss_fn(config.loss, num_classes), frozen=frozen)
+  state = jax.device_put(state, replicated)
+  _write_model_json(workdir, config, num_classes, train_src.class_names, mean, std)
+
+  # ---- Resume ----------------------------------------------------------------
+  mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
+  if mgr.latest_step() is not None:
+    state = checkpoint.restore(mgr, state, train_iter)
+    _log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
+  start = int(jax.device_get(state.step))
+  writer = writers.MetricWriter(workdir, resume_step=start if start else None)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  p_train = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+  p_eval = jax.jit(eval_step, out_shardings=replicated)
+
+  # ---- Train loop -------------------------------------------------------------
+  preemption = _Preemption()
+  t0, images_seen, best_val = time.time(), 0, None
+  try:
+    for step in tqdm(range(start + 1, config.total_steps + 1), initial=start,
+                     total=config.total_steps, desc="train", disable=not _show(config)):
+      state, metrics = p_train(state, put(next(train_iter)), step_rng)
+      images_seen += batch_size
+      is_last = step == config.total_steps
+      due_ckpt = step % config.checkpoint_every == 0 or is_last
+      if step % config.log_every == 0 or due_ckpt or preemption.requested:
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics["loss"]):
+          good = mgr.latest_step()
+          raise FloatingPointError(
+              f"loss became {metrics['loss']} at step {step}; stopped. The last good checkpoint "
+              f"({'step ' + str(good) if good is not None else 'none yet'}) is kept in "
+              f"{os.path.join(workdir, checkpoint.CHECKPOINTS)}.")
+        writer.write(step, {f"train/{k}": v for k, v in metrics.items()} | {
+            "train/lr": float(optim.make_schedule(config.optim, config.total_steps)(step - 1)),
+            "train/images_per_sec": images_seen / (time.time() - t0)})
+      if splits.get("val") is not None and (
+          is_last or (config.eval_every and step % config.eval_every == 0)):
+        val = evaluate(p_eval, state, splits["val"], config, put)
+        writer.write(step, {f"val/{k}": v for k, v in val.items()})
+        if best_val is None or val["accuracy"] > best_val[1]:
+          best_val = (step, val["accuracy"])
+      if due_ckpt or preemption.requested:
+        checkpoint.save(mgr, state, train_iter, force=True)
+      if preemption.requested:
+        raise Preempted(f"SIGTERM at step {step}: checkpoint saved in {workdir}; "
+                        "rerun the same command to resume.")
+    train_time = time.time() - t0
+
+    # ---- Final evaluation -----------------------------------------------------
+    test = evaluate(p_eval, state, splits["test"], config, put)
+    summary = {
+        "workdir": workdir, "steps": config.total_steps,
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "train_examples": len(train_src), "test_examples": len(splits["test"]),
+        "train_time_s": train_time,
+        "images_per_sec": images_seen / train_time if images_seen else None,
+        "trainable_params": int(sum(np.size(v) for k, v in tu.flatten_dict(
+            jax.device_get(state.params), sep="/").items() if k not in frozen)),
+        "total_params": models.count_params(state.params),
+        "optimizer_state_bytes": optim.optimizer_state_bytes(state.opt_state),
+    }
+    if best_val is not None:
+      summary |= {"best_val_step": best_val[0], "best_val_accuracy": best_val[1]}
+    writer.write(config.total_steps, {f"test/{k}": v for k, v in test.items()})
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+  finally:
+    preemption.close()
+    mgr.wait_until_finished()
+    mgr.close()
+    writer.close()
+
+
+def _write_model_json(workdir, config, num_classes, class_names, mean, std):
+  """What a later transfer or `predict` needs to rebuild and feed this model."""
+  if jax.process_index() != 0:
+    return
+  meta = {"model": {**config.model.to_dict(), "num_classes": num_classes},
+          "class_names": list(class_names),
+          "data": {"image_size": config.data.image_size, "channels": config.data.channels,
+                   "mean": list(mean), "std": list(std)}}
+  with open(os.path.join(workdir, MODEL_JSON), "w") as f:
+    json.dump(meta, f, indent=2)
+
+
+def _read_model_json(path: str) -> dict:
+  file = os.path.join(path, MODEL_JSON)
+  if not os.path.exists(file):
+    return {}
+  with open(file) as f:
+    return json.load(f)

@@ -1,0 +1,173 @@
+"""The trainer: pure steps, resume after a crash or SIGTERM, NaN stop, source -> target."""
+
+import os
+import signal
+
+import flax.traverse_util as tu
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jtl import checkpoint, models, train, writers
+from jtl.config import base_config
+
+
+def tiny_config(**overrides):
+  """A run small enough for CPU tests: 8x8 digits, a ResNet-18 of width 1/8."""
+  c = base_config()
+  c.model.small_stem, c.model.width = True, 0.125
+  c.data.name, c.data.image_size, c.data.channels = "digits", 8, 1
+  c.data.classes = (0, 1, 2, 3, 4)
+  c.data.batch_size, c.data.eval_batch_size = 16, 64
+  c.data.augment = False
+  c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 8, 1, 0, 4
+  c.optim.warmup_steps = 0
+  c.progress = False
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def tiny_state(lr=0.1):
+  model = models.get_model("resnet18", num_classes=3, small_stem=True, width=0.125)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  tx = optax.sgd(lr)
+  return train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+      apply_fn=train.make_apply_fn(model, (0.5,), (0.5,), ("stem", "stage1", "stage2",
+                                                             "stage3", "stage4")),
+      tx=tx, loss_fn=train.make_loss_fn(base_config().loss, 3), frozen=frozenset())
+
+
+def fixed_batch(n=12):
+  rng = np.random.default_rng(0)
+  return {"image": rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8),
+          "label": np.arange(n, dtype=np.int32) % 3, "mask": np.ones(n, bool)}
+
+
+def params_of(workdir):
+  return checkpoint.load_model(workdir)[0]
+
+
+def assert_trees_equal(a, b):
+  fa, fb = tu.flatten_dict(a, sep="/"), tu.flatten_dict(b, sep="/")
+  assert fa.keys() == fb.keys()
+  for k in fa:
+    np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
+
+
+def test_one_train_step_lowers_loss_on_a_fixed_batch():
+  state, batch = tiny_state(), fixed_batch()
+  before = train.eval_step(state, batch)["loss"]
+  state, metrics = jax.jit(train.train_step)(state, batch, jax.random.key(0))
+  after = train.eval_step(state, batch)["loss"]
+  assert int(state.step) == 1
+  assert float(after) < float(before)
+  assert set(metrics) >= {"loss", "accuracy", "grad_norm", "param_norm", "update_norm"}
+
+
+def test_eval_step_is_deterministic_and_respects_the_mask():
+  state, batch = tiny_state(), fixed_batch()
+  a, b = train.eval_step(state, batch), train.eval_step(state, batch)
+  assert {k: float(v) for k, v in a.items()} == {k: float(v) for k, v in b.items()}
+  batch["mask"][6:] = False
+  assert float(train.eval_step(state, batch)["count"]) == 6
+
+
+def test_frozen_parameters_get_no_gradient():
+  state = tiny_state()
+  frozen = frozenset(p for p in tu.flatten_dict(state.params, sep="/") if not p.startswith("head"))
+  state = state.replace(frozen=frozen)
+  new, _ = jax.jit(train.train_step)(state, fixed_batch(), jax.random.key(0))
+  old, new = tu.flatten_dict(state.params, sep="/"), tu.flatten_dict(new.params, sep="/")
+  for path in old:
+    same = np.array_equal(old[path], new[path])
+    assert same == (path in frozen), path
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+  full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
+
+  real_write = writers.MetricWriter.write
+  def crash_at_step_6(self, step, metrics):
+    real_write(self, step, metrics)
+    if step == 6:
+      raise KeyboardInterrupt("simulated kill")
+  monkeypatch.setattr(writers.MetricWriter, "write", crash_at_step_6)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(tiny_config(), str(tmp_path / "resumed"))
+  monkeypatch.setattr(writers.MetricWriter, "write", real_write)
+  assert checkpoint.manager(str(tmp_path / "resumed"), 4, 2).latest_step() == 4
+
+  resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / "resumed"))
+  assert_trees_equal(params_of(tmp_path / "full"), params_of(tmp_path / "resumed"))
+  assert resumed["test_accuracy"] == full["test_accuracy"]
+  # The log reads as one run: each step once.
+  steps = [r["step"] for r in writers.read_metrics(tmp_path / "resumed") if "train/loss" in r]
+  assert steps == list(range(1, 9))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
+  train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
+  real_write = writers.MetricWriter.write
+  def preempt_at_step_3(self, step, metrics):
+    real_write(self, step, metrics)
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+  monkeypatch.setattr(writers.MetricWriter, "write", preempt_at_step_3)
+  with pytest.raises(train.Preempted, match="step 3"):
+    train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+  monkeypatch.setattr(writers.MetricWriter, "write", real_write)
+  assert checkpoint.manager(str(tmp_path / "run"), 4, 2).latest_step() == 3
+  assert signal.getsignal(signal.SIGTERM) is not None  # The handler was put back.
+  train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+  assert_trees_equal(params_of(tmp_path / "full"), params_of(tmp_path / "run"))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(**{"optim.lr": 1e12, "optim.weight_decay": 0.0, "log_every": 4,
+                          "total_steps": 40})
+  with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step \d+; stopped"):
+    train.train_and_evaluate(config, str(tmp_path))
+  for step in checkpoint.manager(str(tmp_path), 4, 2).all_steps():
+    flat = tu.flatten_dict(checkpoint.load_model(str(tmp_path), step)[0])
+    assert all(np.isfinite(v).all() for v in flat.values()), step
+
+
+def test_source_to_target_linear_probe_keeps_the_backbone(tmp_path):
+  source = train.train_and_evaluate(tiny_config(), str(tmp_path / "source"))
+  assert 0.0 <= source["test_accuracy"] <= 1.0
+  target = tiny_config(**{"data.classes": (5, 6, 7, 8, 9), "data.shots": 4,
+                          "data.val_per_class": 2, "init": str(tmp_path / "source"),
+                          "strategy.name": "linear_probe"})
+  summary = train.train_and_evaluate(target, str(tmp_path / "target"))
+  src_params, src_stats = checkpoint.load_model(str(tmp_path / "source"))
+  tgt_params, tgt_stats = checkpoint.load_model(str(tmp_path / "target"))
+  src, tgt = tu.flatten_dict(src_params, sep="/"), tu.flatten_dict(tgt_params, sep="/")
+  for path in tgt:
+    if path.startswith("head/"):
+      assert not np.array_equal(src[path], tgt[path]), path
+    else:
+      np.testing.assert_array_equal(src[path], tgt[path], err_msg=path)
+  assert_trees_equal(src_stats, tgt_stats)  # Frozen backbone: BatchNorm runs in inference mode.
+  head = sum(np.size(v) for k, v in tgt.items() if k.startswith("head/"))
+  assert summary["trainable_params"] == head
+  assert "best_val_accuracy" in summary
+
+
+def test_transfer_from_a_checkpoint_that_does_not_fit_fails_in_one_sentence(tmp_path):
+  train.train_and_evaluate(tiny_config(total_steps=4), str(tmp_path / "source"))
+  target = tiny_config(**{"model.width": 0.25, "init": str(tmp_path / "source")})
+  with pytest.raises(ValueError) as info:
+    train.train_and_evaluate(target, str(tmp_path / "target"))
+  message = str(info.value)
+  assert "\n" not in message
+  assert "does not fit the model" in message and "mis-shaped: " in message
+  assert "/kernel (checkpoint (3, 3, 8, 8), model (3, 3, 16, 16))" in message
