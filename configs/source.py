@@ -3,7 +3,7 @@ r"""Source run: train a ResNet on the source task and leave a checkpoint for tra
   ./launch.sh configs/source.py --workdir runs/source
 
 Default: small-stem ResNet-18 (width 0.25) on Fashion-MNIST classes 0-4 (T-shirt,
-Trouser, Pullover, Dress, Coat), 28 px, 600 steps of batch 128 on CPU; expect
+Trouser, Pullover, Dress, Coat), 28 px, 500 steps of batch 128 on CPU; expect
 about 0.90 test accuracy on those five classes in a few minutes on 2 cores.
 
 Arguments (config string after ":"), e.g. `configs/source.py:model=resnet50,dataset=digits,size=32`:
@@ -16,7 +16,7 @@ from jtl.config import base_config, parse_arg, parse_classes
 
 def get_config(arg=None):
   a = parse_arg(arg, model="resnet18", dataset="fashion_mnist", classes="0-4",
-                small_stem=True, width=0.25, size=28, steps=600, batch=128)
+                small_stem=True, width=0.25, size=28, steps=500, batch=128)
   c = base_config()
   c.model.name, c.model.small_stem, c.model.width = a["model"], a["small_stem"], a["width"]
   c.data.name = a["dataset"]

@@ -70,17 +70,18 @@ def load_model(path: str, step: int | None = None) -> tuple[Any, Any]:
   if not os.path.isdir(root):
     raise FileNotFoundError(f"checkpoint {path} does not exist; expected a jtl workdir "
                             f"holding {CHECKPOINTS}/<step>/.")
-  mgr = ocp.CheckpointManager(root, item_names=("model",),
-                              options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mgr.latest_step() if step is None else step
+  steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
+  step = steps[-1] if step is None and steps else step
   if step is None:
     raise FileNotFoundError(f"checkpoint {root} holds no saved step.")
+  item = os.path.join(root, str(step), "model")
   try:
-    out = mgr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))
+    with ocp.StandardCheckpointer() as ckptr:
+      model = ckptr.restore(item)
   except Exception as e:  # orbax raises many types; one sentence is what a user needs.
-    raise ValueError(f"could not read checkpoint {root}/{step}: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''}") from e
-  model = jax.tree.map(np.asarray, out.model)
+    raise ValueError(f"could not read checkpoint {item}: {type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+  model = jax.tree.map(np.asarray, model)
   return model["params"], model.get("batch_stats", {})
 
 

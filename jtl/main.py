@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from absl import flags, logging
@@ -26,22 +27,13 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-  from jtl import train  # Imported after flag parsing so `--help` stays fast.
   argv = sys.argv if argv is None else argv
-  try:
-    flags.FLAGS(argv)
-    config = _CONFIG.value
-    config.lock()  # Typos in fields set later in code fail too, not just on the command line.
-  except USER_ERRORS as e:
-    fail(_one_line(e))
-  except Exception as e:  # The config file itself raised (e.g. a bad argument string).
-    if os.environ.get("JTL_TRACEBACK"):
-      raise
-    fail(f"could not load config {flags.FLAGS['config'].serialize()}: {_one_line(e)}")
+  config = parse_config(argv)
   if not _WORKDIR.value:
     fail("--workdir is required: the directory for checkpoints, metrics and the summary.")
   # orbax and grain log every save at INFO; jtl's own progress goes to tqdm and stdout.
   logging.set_verbosity(logging.WARNING)
+  from jtl import train  # Imported late so that a bad command line fails fast.
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
   except train.Preempted as e:
@@ -52,13 +44,50 @@ def main(argv: list[str] | None = None) -> dict:
   except USER_ERRORS as e:
     if os.environ.get("JTL_TRACEBACK"):
       raise
-    fail(_one_line(e))
+    fail(_first_line(e))
   print(json.dumps(summary, indent=2))
   return summary
 
 
-def _one_line(e: BaseException) -> str:
-  """The first line of an exception's message (KeyError quotes stripped)."""
+def parse_config(argv: list[str]):
+  """Parses flags; any problem with the config becomes one sentence and exit code 2."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      if not os.path.isfile(path):
+        fail(f"config file {path} does not exist; expected e.g. configs/transfer.py[:ARGS].")
+  try:
+    flags.FLAGS(argv)
+    config = _CONFIG.value
+    if config is None:
+      fail("--config is required, e.g. --config=configs/transfer.py:strategy=linear_probe.")
+    config.lock()  # A field set later that the config never declared fails too.
+    return config
+  except SystemExit:
+    raise
+  except Exception as e:  # ml_collections and absl raise many types; say one thing.
+    if os.environ.get("JTL_TRACEBACK"):
+      raise
+    fail(_config_error(e))
+
+
+def _config_error(e: BaseException) -> str:
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  lines = [l.strip() for l in text.strip().strip("'\"").splitlines() if l.strip()]
+  if "Error whilst parsing config file" in text:
+    # The config file raised: its own error is the last line of the quoted trace.
+    return f"the config file refused its arguments: {lines[-1]}"
+  if isinstance(e, (KeyError, AttributeError)):
+    # ml_collections nests the KeyError's repr, so pick the names out of the text.
+    guess = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    if guess:
+      return f"unknown config field {guess[2]!r} (did you mean {guess[1]!r}?)."
+    field = re.search(r"[A-Za-z_][\w.]*", text)
+    return f"unknown config field {field[0] if field else text!r}."
+  return lines[0] if lines else type(e).__name__
+
+
+def _first_line(e: BaseException) -> str:
   text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
   lines = text.strip().splitlines()
   return lines[0] if lines else type(e).__name__

@@ -230,6 +230,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = checkpoint.restore(mgr, state, train_iter)
     _log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
   start = int(jax.device_get(state.step))
+  done = os.path.join(workdir, "summary.json")
+  if start >= config.total_steps and os.path.exists(done):
+    _log(f"{workdir} already finished; its summary.json stands")  # Lets studies resume cheaply.
+    mgr.close()
+    with open(done) as f:
+      return json.load(f)
   writer = writers.MetricWriter(workdir, resume_step=start if start else None)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -240,7 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Train loop -------------------------------------------------------------
   preemption = _Preemption()
-  t0, images_seen, best_val = time.time(), 0, None
+  t0, images_seen, best_val, last_val = time.time(), 0, None, None
   try:
     for step in tqdm(range(start + 1, config.total_steps + 1), initial=start,
                      total=config.total_steps, desc="train", disable=not _show(config)):
@@ -263,6 +269,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           is_last or (config.eval_every and step % config.eval_every == 0)):
         val = evaluate(p_eval, state, splits["val"], config, put)
         writer.write(step, {f"val/{k}": v for k, v in val.items()})
+        last_val = val
         if best_val is None or val["accuracy"] > best_val[1]:
           best_val = (step, val["accuracy"])
       if due_ckpt or preemption.requested:
@@ -286,7 +293,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "optimizer_state_bytes": optim.optimizer_state_bytes(state.opt_state),
     }
     if best_val is not None:
-      summary |= {"best_val_step": best_val[0], "best_val_accuracy": best_val[1]}
+      summary |= {"val_accuracy": last_val["accuracy"], "best_val_step": best_val[0],
+                  "best_val_accuracy": best_val[1]}
     writer.write(config.total_steps, {f"test/{k}": v for k, v in test.items()})
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "summary.json"), "w") as f:
