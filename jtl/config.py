@@ -61,10 +61,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = ""
   c.dont_load = ("head/.*",)   # Re-initialized on transfer instead of loaded.
 
+  # A preset name (see jtl/strategy.py) or explicit rules; the preset's knobs below.
   c.strategy = ml_collections.ConfigDict(dict(
       name="full_finetune",
-      rules=ml_collections.FieldReference(None, field_type=tuple),  # Overrides name.
-      bn="auto"))
+      rules=ml_collections.FieldReference(None, field_type=tuple),  # ((regex, label), ...)
+      bn="auto",             # "auto": a stage's BatchNorm trains iff the stage does.
+      lr_decay=0.5,          # discriminative: lr x lr_decay per stage below the head.
+      unfreeze_every=0,      # gradual_unfreeze: steps per stage (0: total_steps / 6).
+      lp_steps=0,            # lp_ft: linear-probe steps (0: total_steps / 2).
+      ft_lr_mult=0.1,        # lp_ft: lr multiplier of the fine-tuning phase.
+      lr_mult=ml_collections.ConfigDict(),   # label -> lr multiplier (overrides the preset's).
+      labels=ml_collections.ConfigDict()))   # label -> {weight_decay, schedule} overrides.
+
+  # Penalties (jtl/regularizers.py); 0 turns a term off.
+  c.reg = ml_collections.ConfigDict(dict(
+      l1=0.0, l2=0.0, labels=ml_collections.FieldReference(None, field_type=tuple),
+      l2_sp=0.0, l2_sp_beta=0.0, delta=0.0, bss=0.0, bss_k=1))
 
   c.optim = ml_collections.ConfigDict(dict(
       name="momentum", lr=0.1, momentum=0.9, weight_decay=5e-4, clip_norm=0.0,

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg string].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print what the strategy trains and exit.")
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, flags.Error)
 
@@ -29,6 +30,13 @@ def fail(message: str, code: int = 2) -> None:
 def main(argv: list[str] | None = None) -> dict:
   argv = sys.argv if argv is None else argv
   config = parse_config(argv)
+  if _DRY_RUN.value:
+    from jtl import dry_run
+    try:
+      print(dry_run.describe(config))
+    except USER_ERRORS as e:
+      fail(_first_line(e))
+    return {}
   if not _WORKDIR.value:
     fail("--workdir is required: the directory for checkpoints, metrics and the summary.")
   # orbax and grain log every save at INFO; jtl's own progress goes to tqdm and stdout.

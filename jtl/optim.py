@@ -13,14 +13,14 @@ import optax
 
 from jtl.strategy import FREEZE
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
-def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-  """lr(step) from cfg.lr, cfg.schedule and cfg.warmup_steps."""
+def make_schedule(cfg, total_steps: int, name: str | None = None) -> optax.Schedule:
+  """lr(step) from cfg.lr, cfg.schedule (or `name`) and cfg.warmup_steps."""
   lr, warmup = float(cfg.lr), int(cfg.get("warmup_steps", 0))
-  name = cfg.get("schedule", "constant")
+  name = name or cfg.get("schedule", "constant")
   if name == "constant":
     main = optax.constant_schedule(lr)
   elif name in ("cosine", "warmup_cosine"):
@@ -46,23 +46,67 @@ def _direction(cfg) -> list[optax.GradientTransformation]:
     return [optax.trace(decay=momentum, nesterov=name == "nesterov")]
   if name in ("adam", "adamw"):
     return [optax.scale_by_adam(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))]
+  if name == "lars":
+    # You et al. 2017: per-layer trust ratio, then momentum (as optax.lars orders it).
+    return [optax.scale_by_trust_ratio(trust_coefficient=cfg.get("trust_coefficient", 0.001)),
+            optax.trace(decay=momentum)]
   raise ValueError(f"config field optim.name is {name!r}; expected one of {', '.join(OPTIMIZERS)}.")
 
 
-def make_optimizer(cfg, labels, total_steps: int) -> optax.GradientTransformation:
-  """One optax transform per label; "freeze" gets `set_to_zero` (no state, no update)."""
+def _for_label(cfg, total_steps: int, lr_mult: float, weight_decay: float, schedule: str):
   train = [optax.clip_by_global_norm(float(cfg.clip_norm))] if cfg.get("clip_norm") else []
-  decay = ([optax.add_decayed_weights(float(cfg.weight_decay), mask=_decay_mask)]
-           if cfg.get("weight_decay") else [])
-  # SGD-style methods decay through the gradient (classic L2); adamw decouples it.
-  if cfg.name == "adamw":
-    train += _direction(cfg) + decay
-  else:
-    train += decay + _direction(cfg)
-  train.append(optax.scale_by_learning_rate(make_schedule(cfg, total_steps)))
-  names = set(tu.flatten_dict(labels).values())
-  transforms = {l: optax.set_to_zero() if l == FREEZE else optax.chain(*train) for l in names}
+  decay = [optax.add_decayed_weights(weight_decay, mask=_decay_mask)] if weight_decay else []
+  # SGD-style methods and LARS decay through the gradient (classic L2); adamw decouples it.
+  train += _direction(cfg) + decay if cfg.name == "adamw" else decay + _direction(cfg)
+  lr = make_schedule(cfg, total_steps, schedule)
+  train.append(optax.scale_by_learning_rate(lambda step: lr(step) * lr_mult))
+  return optax.chain(*train)
+
+
+def make_optimizer(cfg, labels, total_steps: int, lr_mult: dict | None = None,
+                   per_label: dict | None = None) -> optax.GradientTransformation:
+  """One optax transform per label; "freeze" gets `set_to_zero` (no state, no update).
+
+  lr_mult: label -> multiplier of the base lr (default 1). per_label: label ->
+  {"weight_decay": float, "schedule": name} overriding `cfg` for that label.
+  """
+  lr_mult, per_label = lr_mult or {}, per_label or {}
+  transforms = {}
+  for label in set(tu.flatten_dict(labels).values()):
+    if label == FREEZE:
+      transforms[label] = optax.set_to_zero()
+      continue
+    own = per_label.get(label, {})
+    transforms[label] = _for_label(
+        cfg, total_steps, float(lr_mult.get(label, 1.0)),
+        float(own.get("weight_decay", cfg.get("weight_decay", 0.0))),
+        own.get("schedule", cfg.get("schedule", "constant")))
   return optax.multi_transform(transforms, labels)
+
+
+def transplant(old_state, new_state, step: int):
+  """Carries optimizer state across a phase switch.
+
+  Every leaf of `new_state` found at the same path (label, transform, parameter)
+  and shape in `old_state` is taken from it, so parameters that stay trainable keep
+  their momentum; step counters of new labels start at `step` so schedules continue.
+  """
+  old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(old_state)}
+
+  def pick(path, new):
+    key = jax.tree_util.keystr(path)
+    if key in old and jnp.shape(old[key]) == jnp.shape(new):
+      return old[key]
+    if key.endswith(".count"):
+      return jnp.full_like(new, step)
+    return new
+  return jax.tree_util.tree_map_with_path(pick, new_state)
+
+
+def state_bytes_per_label(opt_state) -> dict[str, int]:
+  """Optimizer-state bytes of each label of a `make_optimizer` state."""
+  return {label: optimizer_state_bytes(inner)
+          for label, inner in opt_state.inner_states.items()}
 
 
 def optimizer_state_bytes(opt_state) -> int:

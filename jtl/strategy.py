@@ -3,45 +3,157 @@
 A parameter path is the Flax path joined by "/" (`stage3/block1/conv2/kernel`).
 The first rule whose regex fully matches a path gives that parameter its label;
 every parameter must match some rule, and every rule must match some parameter.
-The label "freeze" means: no gradient, no optimizer state, BatchNorm statistics
-of a fully frozen stage kept at the source values.
+The label "freeze" means: no gradient, no optimizer state, and (by default) the
+BatchNorm statistics of a stage with nothing trainable kept at the source values.
+Every other label is trained, with its own lr multiplier, weight decay and schedule.
 
->>> rules = PRESETS["linear_probe"]          # [("head/.*", "train"), (".*", "freeze")]
->>> labels = assign_labels(rules, params)   # {"head": {"kernel": "train", ...}, "stem": ...}
+A strategy is a list of phases, each a set of rules from a given step on: that is
+how LP-FT and gradual unfreezing are written.
+
+>>> strat = resolve(config.strategy, params, total_steps=1000)   # e.g. name="partial:2"
+>>> strat.phases[0].labels["stage3"]["block0"]["conv1"]["kernel"]
+'train'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.traverse_util as tu
 
-from jtl.models import stage_of
+from jtl.models import STAGES, stage_of
 
 FREEZE = "freeze"
-STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
+TRAIN = "train"
+LINEAR_PROBE = (("head/.*", TRAIN), (".*", FREEZE))
+FULL = ((".*", TRAIN),)
 
-# The presets this issue needs; each is just a list of rules.
-PRESETS: dict[str, list[tuple[str, str]]] = {
-    "full_finetune": [(".*", "train")],
-    "linear_probe": [("head/.*", "train"), (".*", FREEZE)],
-    # The seed's `pretrained=False` baseline: same rules as full fine-tuning; the
-    # transfer config also drops the source checkpoint (see configs/transfer.py).
-    "scratch": [(".*", "train")],
+# Stage order from the input up; "head" last.
+ORDER = STAGES + ("head",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """From step `start` on (steps already done), parameters follow `rules`."""
+  start: int
+  rules: tuple[tuple[str, str], ...]
+  lr_mult: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  labels: Any = None      # Filled by `resolve`: a pytree like params holding labels.
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  name: str
+  phases: tuple[Phase, ...]
+  pretrained: bool = True   # False: train from a random init (the "scratch" baseline).
+
+  def phase_at(self, steps_done: int) -> int:
+    """Index of the phase that governs the next step."""
+    return max(i for i, p in enumerate(self.phases) if p.start <= steps_done)
+
+
+# ---------------------------------------------------------------------------
+# Presets: name[:arg] -> phases. Each is a few lines of data.
+# ---------------------------------------------------------------------------
+def _stage_rules(trainable: Sequence[str]) -> tuple[tuple[str, str], ...]:
+  if set(ORDER) <= set(trainable):
+    return FULL
+  return tuple((f"{s}/.*", TRAIN) for s in ORDER if s in trainable) + ((".*", FREEZE),)
+
+
+def _check_stage(stage: str, spec: str) -> str:
+  if stage not in STAGES:
+    raise ValueError(f"strategy {spec!r}: {stage!r} is not a stage; expected one of "
+                     f"{', '.join(STAGES)}.")
+  return stage
+
+
+def _partial(arg, cfg, paths, total):
+  n = int(arg)
+  if not 0 <= n < len(STAGES):
+    raise ValueError(f"strategy 'partial:{arg}': N must be 0..{len(STAGES) - 1} "
+                     "(stem counts as 0; N=4 freezes the whole backbone).")
+  return [Phase(0, _stage_rules(ORDER[n + 1:]))]
+
+
+def _freeze_through(arg, cfg, paths, total):
+  ordered = sorted(paths, key=model_order)
+  hits = [i for i, p in enumerate(ordered) if p == arg or p.startswith(arg.rstrip("/") + "/")]
+  if not hits:
+    raise ValueError(f"strategy 'freeze_through:{arg}': no parameter path is or starts with "
+                     f"{arg!r} (e.g. stage2/block1 or stage2/block1/conv2/kernel).")
+  frozen = ordered[:hits[-1] + 1]
+  return [Phase(0, tuple((re.escape(p), FREEZE) for p in frozen) + ((".*", TRAIN),))]
+
+
+def _surgical(arg, cfg, paths, total):
+  return [Phase(0, _stage_rules((_check_stage(arg, f"surgical:{arg}"), "head")))]
+
+
+def _discriminative(arg, cfg, paths, total):
+  # Layer-wise lr decay: head x1, stage4 x d, stage3 x d^2, ... stem x d^5.
+  decay = float(arg) if arg else float(cfg.get("lr_decay", 0.5))
+  rules = tuple((f"{s}/.*", s) for s in reversed(ORDER))
+  mult = {s: decay ** k for k, s in enumerate(reversed(ORDER))}
+  return [Phase(0, rules, mult)]
+
+
+def _gradual_unfreeze(arg, cfg, paths, total):
+  # Head first, then one more stage every `every` steps, from the top down (ULMFiT).
+  every = int(arg) if arg else int(cfg.get("unfreeze_every", 0)) or max(total // len(ORDER), 1)
+  top_down = tuple(reversed(ORDER))
+  return [Phase(k * every, _stage_rules(top_down[:k + 1])) for k in range(len(ORDER))]
+
+
+def _lp_ft(arg, cfg, paths, total):
+  # Kumar et al. 2022: linear probe, then fine-tune everything at a lower rate.
+  lp_steps = int(arg) if arg else int(cfg.get("lp_steps", 0)) or total // 2
+  return [Phase(0, LINEAR_PROBE), Phase(lp_steps, FULL, {TRAIN: float(cfg.get("ft_lr_mult", 0.1))})]
+
+
+PRESETS = {
+    "full_finetune": lambda *a: [Phase(0, FULL)],
+    "linear_probe": lambda *a: [Phase(0, LINEAR_PROBE)],
+    "scratch": lambda *a: [Phase(0, FULL)],
+    "partial": _partial,                  # partial:N — stem..stageN frozen.
+    "freeze_through": _freeze_through,    # freeze_through:PATH — everything up to PATH frozen.
+    "surgical": _surgical,                # surgical:STAGE — that stage and the head.
+    "discriminative": _discriminative,    # discriminative[:DECAY]
+    "gradual_unfreeze": _gradual_unfreeze,  # gradual_unfreeze[:EVERY]
+    "lp_ft": _lp_ft,                      # lp_ft[:LP_STEPS]
+    # BitFit (Ben Zaken et al. 2022): biases only; in a ResNet those are the BatchNorm offsets.
+    "bitfit": lambda *a: [Phase(0, (("head/.*", TRAIN), (".*/bias", TRAIN), (".*", FREEZE)))],
+    "norm_only": lambda *a: [Phase(0, (("head/.*", TRAIN), (r".*/bn\d*/(scale|bias)", TRAIN),
+                                       (".*", FREEZE)))],
 }
+NEEDS_ARG = ("partial", "freeze_through", "surgical")
 
 
-def get_rules(name_or_rules: str | Sequence[Sequence[str]]) -> list[tuple[str, str]]:
-  """Returns the rules of a preset name, or the given rules as a list of pairs."""
-  if isinstance(name_or_rules, str):
-    if name_or_rules not in PRESETS:
-      raise ValueError(f"unknown strategy {name_or_rules!r}; known presets: "
-                       f"{', '.join(sorted(PRESETS))}.")
-    return list(PRESETS[name_or_rules])
-  return [(str(r), str(l)) for r, l in name_or_rules]
+def resolve(cfg, params, total_steps: int) -> Strategy:
+  """Builds the strategy of config `strategy` (name, rules, ...) and labels `params`."""
+  paths = param_paths(params)
+  if cfg.get("rules"):
+    name, phases = "custom", [Phase(0, tuple((str(r), str(l)) for r, l in cfg.rules))]
+  else:
+    name = cfg.name
+    base, _, arg = name.partition(":")
+    if base not in PRESETS:
+      raise ValueError(f"unknown strategy {name!r}; known presets: "
+                       f"{', '.join(p + (':ARG' if p in NEEDS_ARG else '') for p in PRESETS)}.")
+    if base in NEEDS_ARG and not arg:
+      raise ValueError(f"strategy {base!r} needs an argument, e.g. {base}:2 or {base}:stage3.")
+    phases = PRESETS[base](arg, cfg, paths, total_steps)
+  overrides = dict(cfg.get("lr_mult") or {})
+  phases = [dataclasses.replace(p, lr_mult={**p.lr_mult, **overrides},
+                                labels=assign_labels(p.rules, params)) for p in phases]
+  return Strategy(name, tuple(phases), pretrained=name != "scratch")
 
 
+# ---------------------------------------------------------------------------
+# Rules -> labels.
+# ---------------------------------------------------------------------------
 def param_paths(params) -> list[str]:
   return ["/".join(k) for k in tu.flatten_dict(params)]
 
@@ -64,7 +176,8 @@ def assign_labels(rules: Sequence[tuple[str, str]], params) -> Any:
     else:
       uncovered.append(path)
   if uncovered:
-    raise ValueError(f"no strategy rule covers parameter(s) {', '.join(uncovered[:8])}"
+    uncovered.sort(key=model_order)
+    raise ValueError(f"no strategy rule covers {len(uncovered)} parameter(s): {', '.join(uncovered[:8])}"
                      f"{' …' if len(uncovered) > 8 else ''}; add a rule such as ('.*', 'freeze').")
   unused = [r for (r, _), u in zip(rules, used) if not u]
   if unused:
@@ -73,9 +186,8 @@ def assign_labels(rules: Sequence[tuple[str, str]], params) -> Any:
   return tu.unflatten_dict(flat)
 
 
-def trainable_mask(labels) -> Any:
-  """True where a parameter is trained, False where it is frozen."""
-  return _tree_map_str(lambda l: l != FREEZE, labels)
+def frozen_paths(labels) -> frozenset[str]:
+  return frozenset(p for p, l in tu.flatten_dict(labels, sep="/").items() if l == FREEZE)
 
 
 def bn_train_stages(labels, bn: str = "auto") -> tuple[str, ...]:
@@ -92,10 +204,19 @@ def bn_train_stages(labels, bn: str = "auto") -> tuple[str, ...]:
     return ()
   if bn != "auto":
     raise ValueError(f"config field strategy.bn must be 'auto', 'train' or 'frozen', not {bn!r}.")
-  flat = tu.flatten_dict(labels)
-  return tuple(s for s in STAGES
-               if any(l != FREEZE for k, l in flat.items() if stage_of("/".join(k)) == s))
+  flat = tu.flatten_dict(labels, sep="/")
+  return tuple(s for s in STAGES if any(l != FREEZE for p, l in flat.items() if stage_of(p) == s))
 
 
-def _tree_map_str(fn, tree):
-  return tu.unflatten_dict({k: fn(v) for k, v in tu.flatten_dict(tree).items()})
+_LAYER_ORDER = {n: i for i, n in enumerate(
+    ("conv", "bn", "conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample"))}
+
+
+def model_order(path: str):
+  """Sort key putting parameter paths in forward order (block10 after block9)."""
+  parts = path.split("/")
+  key = [ORDER.index(stage_of(path))]
+  for part in parts[1:]:
+    m = re.fullmatch(r"block(\d+)", part)
+    key.append(int(m[1]) if m else _LAYER_ORDER.get(part, 99))
+  return tuple(key)

@@ -7,6 +7,7 @@ driven from `train_and_evaluate`, which reads top to bottom.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jtl import checkpoint, data, models, optim, strategy, writers
+from jtl.regularizers import make_penalty_fn
 
 MODEL_JSON = "model.json"
 
@@ -39,6 +41,8 @@ class TrainState:
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
   loss_fn: Callable = struct.field(pytree_node=False)    # (logits, labels) -> per-example loss
   frozen: frozenset = struct.field(pytree_node=False)    # Paths that get no gradient.
+  penalty_fn: Callable | None = struct.field(pytree_node=False, default=None)
+  source: Any = None   # Source params and batch_stats, for L2-SP / DELTA; not checkpointed.
 
 
 # ---------------------------------------------------------------------------
@@ -54,14 +58,20 @@ def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
     # trainable layer) for them.
     params = _stop_gradient_at(params, state.frozen)
     variables = {"params": params, "batch_stats": state.batch_stats}
-    logits, _, batch_stats = state.apply_fn(variables, batch["image"], train=True, rng=rng)
-    return state.loss_fn(logits, batch["label"]).mean(), (logits, batch_stats)
+    logits, out, batch_stats = state.apply_fn(variables, batch["image"], train=True, rng=rng)
+    loss = state.loss_fn(logits, batch["label"]).mean()
+    penalties = (state.penalty_fn(params, out, batch["image"], state.source)
+                 if state.penalty_fn else {})
+    return loss + sum(penalties.values()), (logits, batch_stats, loss, penalties)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  (total, (logits, batch_stats, loss, penalties)), grads = jax.value_and_grad(
+      loss_of, has_aux=True)(state.params)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
-      "loss": loss,
+      "loss": loss,               # The data term alone, comparable across strategies.
+      "total_loss": total,
+      **{f"penalty/{k}": v for k, v in penalties.items()},
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "grad_norm": optax.tree.norm(grads),
       "update_norm": optax.tree.norm(updates),
@@ -105,20 +115,41 @@ def make_loss_fn(cfg, num_classes: int) -> Callable:
   return loss_fn
 
 
-def make_apply_fn(model, mean, std, bn_train: tuple[str, ...]) -> Callable:
-  """Normalizes uint8 images on device and runs the model."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
+@dataclasses.dataclass(frozen=True)
+class Forward:
+  """Normalizes uint8 images on device and runs the model.
 
-  def apply_fn(variables, images, train: bool, rng):
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+  A frozen dataclass, so two phases with equal settings compare equal and share
+  one compiled step.
+  """
+  model: Any
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  bn_train: tuple[str, ...]   # Stages whose BatchNorm uses batch statistics in training.
+
+  def __call__(self, variables, images, train: bool, rng=None):
+    x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
     if train:
-      (logits, out), new = model.apply(variables, x, train=True, bn_train=bn_train,
-                                       mutable=["batch_stats"])
+      (logits, out), new = self.model.apply(variables, x, train=True, bn_train=self.bn_train,
+                                            mutable=["batch_stats"])
       return logits, out, new["batch_stats"]
-    logits, out = model.apply(variables, x, train=False)
+    logits, out = self.model.apply(variables, x, train=False)
     return logits, out, variables["batch_stats"]
-  return apply_fn
+
+
+def make_apply_fn(model, mean, std, bn_train: tuple[str, ...]) -> Forward:
+  return Forward(model, tuple(float(m) for m in mean), tuple(float(s) for s in std),
+                 tuple(bn_train))
+
+
+def phase_fields(config, model, phase, mean, std, loaded=frozenset(), has_source=False) -> dict:
+  """The static TrainState fields of one strategy phase: tx, frozen, apply_fn, penalty_fn."""
+  tx = optim.make_optimizer(config.optim, phase.labels, config.total_steps, phase.lr_mult,
+                            config.strategy.get("labels", {}))
+  bn_train = strategy.bn_train_stages(phase.labels, config.strategy.bn)
+  apply_fn = make_apply_fn(model, mean, std, bn_train)
+  return dict(tx=tx, frozen=strategy.frozen_paths(phase.labels), apply_fn=apply_fn,
+              penalty_fn=make_penalty_fn(config.reg, phase.labels, loaded, apply_fn, has_source))
 
 
 def evaluate(eval_fn, state, source, cfg, put) -> dict:
@@ -192,41 +223,50 @@ def train_and_evaluate(config, workdir: str) -> dict:
       channels=config.data.channels, augment=config.data.augment, seed=config.seed,
       shard_index=jax.process_index(), shard_count=jax.process_count()))
 
-  # ---- Model and source weights --------------------------------------------
+  # ---- Model, strategy and source weights -------------------------------------
   model = models.get_model(config.model.name, num_classes=num_classes,
                            small_stem=config.model.small_stem, width=config.model.width,
                            dtype=jnp.dtype(config.model.dtype))
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
   params, batch_stats = variables["params"], variables["batch_stats"]
-  if config.init:
+  strat = strategy.resolve(config.strategy, params, config.total_steps)
+  source, loaded = None, frozenset()  # Source weights (for penalties), paths loaded.
+  if config.init and strat.pretrained:
     src_params, src_stats = checkpoint.load_model(config.init)
     params, report = checkpoint.merge(params, src_params, dont_load=config.dont_load,
                                       source=f"checkpoint {config.init}")
     batch_stats, _ = checkpoint.merge(batch_stats, src_stats, dont_load=config.dont_load,
                                       source=f"checkpoint {config.init} (batch_stats)")
+    loaded = frozenset(strategy.param_paths(params)) - set(report["kept_from_init"])
+    if config.reg.l2_sp or config.reg.delta:
+      # A copy: the state is donated each step, so it must not alias the trained params.
+      source = jax.tree.map(np.array, {"params": params, "batch_stats": batch_stats})
     _log(f"loaded {report['loaded']} parameters from {config.init}; "
          f"re-initialized {', '.join(report['kept_from_init']) or 'none'}")
+  elif config.init:
+    _log(f"strategy {strat.name}: training from a random init; {config.init} is not loaded")
 
-  # ---- Strategy and optimizer ----------------------------------------------
-  rules = strategy.get_rules(config.strategy.rules or config.strategy.name)
-  labels = strategy.assign_labels(rules, params)
-  frozen = frozenset(p for p, l in tu.flatten_dict(labels, sep="/").items() if l == strategy.FREEZE)
-  tx = optim.make_optimizer(config.optim, labels, config.total_steps)
-  bn_train = strategy.bn_train_stages(labels, config.strategy.bn)
-  state = TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=tx.init(params),
-      apply_fn=make_apply_fn(model, mean, std, bn_train), tx=tx,
-      loss_fn=make_loss_fn(config.loss, num_classes), frozen=frozen)
-  state = jax.device_put(state, replicated)
+  def phase_state(k: int, state: TrainState | None, steps_done: int) -> TrainState:
+    """The state for phase k: its optimizer, frozen set, BatchNorm modes and penalties."""
+    fields = phase_fields(config, model, strat.phases[k], mean, std, loaded, source is not None)
+    if state is None:
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                        opt_state=fields["tx"].init(params), source=source,
+                        loss_fn=make_loss_fn(config.loss, num_classes), **fields)
+    opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
+    return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields)
+
   _write_model_json(workdir, config, num_classes, train_src.class_names, mean, std)
 
   # ---- Resume ----------------------------------------------------------------
   mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
-  if mgr.latest_step() is not None:
+  latest = mgr.latest_step()
+  # A checkpoint at step s holds the optimizer of the phase that ran step s.
+  phase = strat.phase_at(max((latest or 0) - 1, 0))
+  state = jax.device_put(phase_state(phase, None, 0), replicated)
+  if latest is not None:
     state = checkpoint.restore(mgr, state, train_iter)
     _log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
   start = int(jax.device_get(state.step))
@@ -250,6 +290,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     for step in tqdm(range(start + 1, config.total_steps + 1), initial=start,
                      total=config.total_steps, desc="train", disable=not _show(config)):
+      if strat.phase_at(step - 1) != phase:
+        phase = strat.phase_at(step - 1)
+        state = phase_state(phase, state, step - 1)
+        _log(f"step {step}: phase {phase} of {strat.name} "
+             f"({len(state.frozen)} frozen parameter arrays)")
+        writer.write(step, {"strategy/phase": phase})
       state, metrics = p_train(state, put(next(train_iter)), step_rng)
       images_seen += batch_size
       is_last = step == config.total_steps
@@ -288,9 +334,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "train_time_s": train_time,
         "images_per_sec": images_seen / train_time if images_seen else None,
         "trainable_params": int(sum(np.size(v) for k, v in tu.flatten_dict(
-            jax.device_get(state.params), sep="/").items() if k not in frozen)),
+            jax.device_get(state.params), sep="/").items() if k not in state.frozen)),
         "total_params": models.count_params(state.params),
         "optimizer_state_bytes": optim.optimizer_state_bytes(state.opt_state),
+        "optimizer_state_bytes_per_label": optim.state_bytes_per_label(state.opt_state),
+        "strategy": strat.name,
     }
     if best_val is not None:
       summary |= {"val_accuracy": last_val["accuracy"], "best_val_step": best_val[0],

@@ -1,0 +1,28 @@
+"""The `jtl` command.
+
+  jtl train CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR
+  jtl strategy show CONFIG[:ARGS] [--config.FIELD=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = __doc__.split("\n", 2)[2]
+
+
+def main(argv: list[str] | None = None):
+  argv = sys.argv[1:] if argv is None else argv
+  from jtl import main as run
+  if argv[:1] == ["train"] and len(argv) > 1:
+    run.main(["jtl", f"--config={argv[1]}", *argv[2:]])
+    return
+  if argv[:2] == ["strategy", "show"] and len(argv) > 2:
+    run.main(["jtl", f"--config={argv[2]}", "--dry_run", *argv[3:]])
+    return
+  print(f"usage:\n{USAGE}", file=sys.stderr)
+  sys.exit(2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,77 @@
+"""What a strategy does, before any training: `--dry_run` or `jtl strategy show CONFIG`.
+
+Per phase and label: parameter count, trainable fraction, learning rate, weight
+decay, optimizer-state bytes and the paths covered. Shapes come from
+`jax.eval_shape`, so nothing is computed or loaded.
+
+>>> print(describe(config))
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+import flax.traverse_util as tu
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtl import models, optim, strategy
+
+
+def _num_classes(config) -> int:
+  if config.data.classes:
+    return len(config.data.classes)
+  from jtl import data  # Only when the class count must be read off the dataset.
+  return data.load_source(config.data.name, "train", config.data.data_dir).num_classes
+
+
+def _covered(paths: list[str], all_paths: list[str]) -> str:
+  """Shortest description: whole stages, then whole blocks, then single paths."""
+  out, rest = [], set(paths)
+  for depth in (1, 2):
+    groups = collections.defaultdict(list)
+    for p in all_paths:
+      groups["/".join(p.split("/")[:depth])].append(p)
+    for prefix, members in groups.items():
+      if len(p.split("/")) > depth and set(members) <= rest:
+        out.append(prefix + "/*")
+        rest -= set(members)
+  out = sorted(out, key=lambda p: strategy.model_order(p[:-2])) + sorted(rest, key=strategy.model_order)
+  return ", ".join(out[:8]) + (f", … (+{len(out) - 8})" if len(out) > 8 else "")
+
+
+def describe(config) -> str:
+  model = models.get_model(config.model.name, num_classes=_num_classes(config),
+                           small_stem=config.model.small_stem, width=config.model.width)
+  size = config.data.image_size
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, size, size, config.data.channels)))["params"]
+  strat = strategy.resolve(config.strategy, shapes, config.total_steps)
+  flat = tu.flatten_dict(shapes, sep="/")
+  total = sum(int(np.prod(v.shape)) for v in flat.values())
+  lines = [f"strategy {strat.name} on {config.model.name} ({total:,} parameters), "
+           f"{config.total_steps} steps, optimizer {config.optim.name}, base lr {config.optim.lr}"
+           + ("" if strat.pretrained else "; from a random init (source not loaded)")]
+  for k, phase in enumerate(strat.phases):
+    tx = optim.make_optimizer(config.optim, phase.labels, config.total_steps, phase.lr_mult,
+                              config.strategy.get("labels", {}))
+    state_bytes = optim.state_bytes_per_label(jax.eval_shape(tx.init, shapes))
+    bn = strategy.bn_train_stages(phase.labels, config.strategy.bn)
+    lines += ["", f"phase {k}: from step {phase.start}; BatchNorm statistics update in "
+              f"{', '.join(bn) or 'no stage'}",
+              f"  {'label':<10} {'params':>12} {'fraction':>9} {'lr':>10} {'wd':>8} "
+              f"{'opt bytes':>11}  paths"]
+    by_label = collections.defaultdict(list)
+    for path, label in tu.flatten_dict(phase.labels, sep="/").items():
+      by_label[label].append(path)
+    for label, paths in sorted(by_label.items(), key=lambda kv: strategy.model_order(kv[1][0])):
+      n = sum(int(np.prod(flat[p].shape)) for p in paths)
+      own = config.strategy.get("labels", {}).get(label, {})
+      frozen = label == strategy.FREEZE
+      lr = "-" if frozen else f"{config.optim.lr * phase.lr_mult.get(label, 1.0):.3g}"
+      wd = "-" if frozen else f"{own.get('weight_decay', config.optim.weight_decay):.3g}"
+      lines.append(f"  {label:<10} {n:>12,} {n / total:>9.1%} {lr:>10} {wd:>8} "
+                   f"{state_bytes.get(label, 0):>11,}  {_covered(paths, list(flat))}")
+  return "\n".join(lines)
