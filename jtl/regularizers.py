@@ -58,9 +58,10 @@ def make_penalty_fn(cfg, labels, loaded: frozenset[str], apply_fn: Callable,
     if coef["l2"]:
       terms["l2"] = coef["l2"] / 2 * sum(jnp.square(flat[p]).sum() for p in weights)
     if coef["l2_sp"] or beta:
-      src = tu.flatten_dict(source["params"], sep="/")
-      terms["l2_sp"] = (coef["l2_sp"] / 2 * sum(jnp.square(flat[p] - src[p]).sum() for p in pulled)
-                        + beta / 2 * sum(jnp.square(flat[p]).sum() for p in new))
+      terms["l2_sp"] = beta / 2 * sum(jnp.square(flat[p]).sum() for p in new)
+      if coef["l2_sp"]:
+        src = tu.flatten_dict(source["params"], sep="/")
+        terms["l2_sp"] += coef["l2_sp"] / 2 * sum(jnp.square(flat[p] - src[p]).sum() for p in pulled)
     if coef["delta"]:
       _, src_out, _ = apply_fn(jax.lax.stop_gradient(source), images, train=False, rng=None)
       terms["delta"] = coef["delta"] * sum(

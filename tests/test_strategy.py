@@ -165,6 +165,12 @@ def test_penalties_are_logged_as_separate_terms():
   assert float(metrics["total_loss"]) == pytest.approx(float(metrics["loss"]) + penalties, rel=1e-5)
 
 
+def test_l2_sp_beta_alone_needs_no_source():
+  _, metrics = run_steps(make_state(config_for("full_finetune", l2_sp_beta=0.1))[0], steps=1)
+  head = sum(np.square(v).sum() for k, v in flat(PARAMS).items() if k.startswith("head/"))
+  assert float(metrics["penalty/l2_sp"]) == pytest.approx(0.05 * head, rel=1e-5)
+
+
 def test_l2_sp_without_a_source_is_refused():
   with pytest.raises(ValueError, match="reg.l2_sp and reg.delta pull toward the source"):
     make_state(config_for("full_finetune", l2_sp=0.1), source=None)
