@@ -4,7 +4,7 @@ r"""Source run: train a ResNet on the source task and leave a checkpoint for tra
 
 Default: small-stem ResNet-18 (width 0.25) on Fashion-MNIST classes 0-4 (T-shirt,
 Trouser, Pullover, Dress, Coat), 28 px, 500 steps of batch 128 on CPU; expect
-about 0.90 test accuracy on those five classes in a few minutes on 2 cores.
+about 0.92 test accuracy on those five classes (0.922 here, 175 s on 2 cores).
 
 Arguments (config string after ":"), e.g. `configs/source.py:model=resnet50,dataset=digits,size=32`:
   model, dataset (jtl or TFDS name, or folder:PATH), classes ("0-4", "1+3", "all"),
