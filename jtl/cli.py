@@ -2,6 +2,7 @@
 
   jtl train CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR
   jtl strategy show CONFIG[:ARGS] [--config.FIELD=VALUE ...]
+  jtl predict --checkpoint DIR IMAGE [IMAGE ...]
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ def main(argv: list[str] | None = None):
   if argv[:2] == ["strategy", "show"] and len(argv) > 2:
     run.main(["jtl", f"--config={argv[2]}", "--dry_run", *argv[3:]])
     return
+  if argv[:1] == ["predict"]:
+    from jtl import predict
+    try:
+      return predict.main(argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+      run.fail(str(e).splitlines()[0])
   print(f"usage:\n{USAGE}", file=sys.stderr)
   sys.exit(2)
 

@@ -24,10 +24,10 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jtl import checkpoint, data, models, optim, strategy, writers
+from jtl import checkpoint, data, models, optim, predict, strategy, writers
 from jtl.regularizers import make_penalty_fn
 
-MODEL_JSON = "model.json"
+MODEL_JSON = predict.MODEL_JSON
 
 
 @struct.dataclass
@@ -215,7 +215,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   splits = data.make_splits(config.data, seed=config.seed)
   train_src = splits["train"]
   num_classes = train_src.num_classes
-  source_meta = _read_model_json(config.init) if config.init else {}
+  source_meta = _source_meta(config.init)
   mean = config.data.mean or source_meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
   std = config.data.std or source_meta.get("data", {}).get("std") or (0.5,) * config.data.channels
   train_iter = iter(data.train_dataset(
@@ -367,9 +367,8 @@ def _write_model_json(workdir, config, num_classes, class_names, mean, std):
     json.dump(meta, f, indent=2)
 
 
-def _read_model_json(path: str) -> dict:
-  file = os.path.join(path, MODEL_JSON)
-  if not os.path.exists(file):
-    return {}
-  with open(file) as f:
-    return json.load(f)
+def _source_meta(init: str) -> dict:
+  """The source's model.json, if it has one (for its normalization constants)."""
+  if init and os.path.exists(os.path.join(init, MODEL_JSON)):
+    return predict.read_model_json(init)
+  return {}

@@ -209,3 +209,20 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path):
     assert a[key] == pytest.approx(b[key], rel=1e-5), key
   for k, v in one.items():
     np.testing.assert_allclose(two[k], v, atol=1e-3, err_msg=k)
+
+
+def test_predict_uses_the_checkpoints_own_classes_and_preprocessing(tmp_path):
+  from PIL import Image
+  from jtl import data, predict
+  train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path / "run"))
+  test = data.make_splits(tiny_config().data, seed=0)["test"]
+  paths = []
+  for i in range(3):
+    paths.append(str(tmp_path / f"{i}.png"))
+    Image.fromarray(test[i]["image"][..., 0]).resize((32, 32)).save(paths[-1])  # Any size works.
+  top = predict.predict(str(tmp_path / "run"), paths, top_k=3)
+  assert len(top) == 3 and all(len(t) == 3 for t in top)
+  for t in top:
+    probs = [p for _, p in t]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert {name for name, _ in t} <= set(test.class_names)

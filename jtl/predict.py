@@ -1,0 +1,70 @@
+"""Top-k predictions of a checkpoint on image files, with its own preprocessing.
+
+  jtl predict --checkpoint runs/source image.jpg [more.png ...]
+
+A checkpoint is a jtl workdir (a training run, or the output of `jtl convert`):
+`model.json` says which model, which classes and how to resize and normalize.
+
+>>> predict("runs/source", ["shoe.png"], top_k=3)
+[[('Sandal', 0.71), ('Sneaker', 0.2), ('Ankle boot', 0.05)]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtl import checkpoint, models
+from jtl.data.folder import decode_rgb
+from jtl.data.pipeline import preprocess
+
+MODEL_JSON = "model.json"
+
+
+def read_model_json(workdir: str) -> dict:
+  """The model description a run or a conversion left in `workdir`."""
+  path = os.path.join(workdir, MODEL_JSON)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist; expected a jtl workdir made by a training "
+                            "run or by `jtl convert`.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def build_model(meta: dict):
+  """The model `model.json` describes (its `model` entry holds get_model's arguments)."""
+  kwargs = {k: v for k, v in meta["model"].items() if k not in ("name", "dtype") and v is not None}
+  return models.get_model(meta["model"]["name"], **kwargs)
+
+
+def predict(workdir: str, image_paths: list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
+  """For each image, the top_k (class name, probability) pairs."""
+  meta = read_model_json(workdir)
+  model = build_model(meta)
+  params, batch_stats = checkpoint.load_model(workdir)
+  d = meta["data"]
+  images = np.stack([preprocess(decode_rgb(p), image_size=d["image_size"], channels=d["channels"])
+                     for p in image_paths])
+  x = (images.astype(np.float32) / 255.0 - np.asarray(d["mean"])) / np.asarray(d["std"])
+  logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      {"params": params, "batch_stats": batch_stats}, jnp.asarray(x))
+  probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+  names = meta.get("class_names") or [f"class_{i}" for i in range(probs.shape[-1])]
+  return [[(names[i], float(p[i])) for i in np.argsort(-p)[:top_k]] for p in probs]
+
+
+def main(argv: list[str]) -> None:
+  import argparse
+  parser = argparse.ArgumentParser(prog="jtl predict", description=__doc__.splitlines()[0])
+  parser.add_argument("--checkpoint", required=True, help="a jtl workdir with model.json")
+  parser.add_argument("--top_k", type=int, default=5)
+  parser.add_argument("images", nargs="+")
+  args = parser.parse_args(argv)
+  for path, top in zip(args.images, predict(args.checkpoint, args.images, args.top_k)):
+    print(path)
+    for name, p in top:
+      print(f"  {p:7.2%}  {name}")
