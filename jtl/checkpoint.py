@@ -11,6 +11,7 @@ batch_stats: all a transfer needs), `train` (step and optimizer state) and `data
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINTS = "checkpoints"
+MODEL_JSON = "model.json"   # Which model, classes and preprocessing a workdir holds.
 
 
 def manager(workdir: str, every: int, keep: int) -> ocp.CheckpointManager:
@@ -61,6 +63,16 @@ def restore(mgr: ocp.CheckpointManager, state, data_iter):
       data=grain.checkpoint.CheckpointRestore(data_iter)))
   return state.replace(params=out.model["params"], batch_stats=out.model["batch_stats"],
                        step=out.train["step"], opt_state=out.train["opt_state"])
+
+
+def read_model_json(workdir: str) -> dict:
+  """The model description a training run or `jtl convert` left in `workdir`."""
+  path = os.path.join(workdir, MODEL_JSON)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist; expected a jtl workdir made by a training "
+                            "run or by `jtl convert`.")
+  with open(path) as f:
+    return json.load(f)
 
 
 def load_model(path: str, step: int | None = None) -> tuple[Any, Any]:

@@ -3,6 +3,7 @@
   jtl train CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR
   jtl strategy show CONFIG[:ARGS] [--config.FIELD=VALUE ...]
   jtl predict --checkpoint DIR IMAGE [IMAGE ...]
+  jtl convert SRC DST      (SRC: HF folder or hub id, .pth, BiT .npz, jtl workdir; DST: a new workdir)
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ def main(argv: list[str] | None = None):
     return
   if argv[:2] == ["strategy", "show"] and len(argv) > 2:
     run.main(["jtl", f"--config={argv[2]}", "--dry_run", *argv[3:]])
+    return
+  if argv[:1] == ["convert"] and len(argv) == 3:
+    from jtl import convert
+    try:
+      meta = convert.convert(argv[1], argv[2])
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+      run.fail(str(e).splitlines()[0])
+    print(f"wrote {argv[2]}: {meta['model']['name']}, {meta['model']['num_classes']} classes, "
+          f"{meta['data']['image_size']} px")
     return
   if argv[:1] == ["predict"]:
     from jtl import predict

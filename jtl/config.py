@@ -57,9 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
       mean=ml_collections.FieldReference(None, field_type=tuple),
       std=ml_collections.FieldReference(None, field_type=tuple)))
 
-  # Where the source weights come from: a jtl workdir, or "" to start from scratch.
+  # Where the source weights come from: a jtl workdir, a Hugging Face folder or hub id,
+  # a torchvision .pth, a BiT .npz (auto-detected, or prefixed hf:, torchvision:, bit:,
+  # orbax:), or "" to start from scratch.
   c.init = ""
   c.dont_load = ("head/.*",)   # Re-initialized on transfer instead of loaded.
+  c.zero_head = False          # Zero the re-initialized head (as BiT does).
 
   # A preset name (see jtl/strategy.py) or explicit rules; the preset's knobs below.
   c.strategy = ml_collections.ConfigDict(dict(

@@ -11,40 +11,18 @@ A checkpoint is a jtl workdir (a training run, or the output of `jtl convert`):
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl import checkpoint, models
+from jtl import checkpoint, convert
 from jtl.data.folder import decode_rgb
 from jtl.data.pipeline import preprocess
 
-MODEL_JSON = "model.json"
-
-
-def read_model_json(workdir: str) -> dict:
-  """The model description a run or a conversion left in `workdir`."""
-  path = os.path.join(workdir, MODEL_JSON)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist; expected a jtl workdir made by a training "
-                            "run or by `jtl convert`.")
-  with open(path) as f:
-    return json.load(f)
-
-
-def build_model(meta: dict):
-  """The model `model.json` describes (its `model` entry holds get_model's arguments)."""
-  kwargs = {k: v for k, v in meta["model"].items() if k not in ("name", "dtype") and v is not None}
-  return models.get_model(meta["model"]["name"], **kwargs)
-
-
 def predict(workdir: str, image_paths: list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
   """For each image, the top_k (class name, probability) pairs."""
-  meta = read_model_json(workdir)
-  model = build_model(meta)
+  meta = checkpoint.read_model_json(workdir)
+  model = convert.build_model(meta)
   params, batch_stats = checkpoint.load_model(workdir)
   d = meta["data"]
   images = np.stack([preprocess(decode_rgb(p), image_size=d["image_size"], channels=d["channels"])

@@ -24,10 +24,10 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jtl import checkpoint, data, models, optim, predict, strategy, writers
+from jtl import checkpoint, convert, data, models, optim, strategy, writers
 from jtl.regularizers import make_penalty_fn
 
-MODEL_JSON = predict.MODEL_JSON
+MODEL_JSON = checkpoint.MODEL_JSON
 
 
 @struct.dataclass
@@ -215,7 +215,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   splits = data.make_splits(config.data, seed=config.seed)
   train_src = splits["train"]
   num_classes = train_src.num_classes
-  source_meta = _source_meta(config.init)
+  # Source weights in any format jtl reads (a jtl run, hf:, torchvision:, bit:, orbax:).
+  src_params, src_stats, source_meta = convert.load(config.init) if config.init else ({}, {}, {})
+  _check_source_model(config, source_meta)
   mean = config.data.mean or source_meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
   std = config.data.std or source_meta.get("data", {}).get("std") or (0.5,) * config.data.channels
   train_iter = iter(data.train_dataset(
@@ -234,12 +236,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   strat = strategy.resolve(config.strategy, params, config.total_steps)
   source, loaded = None, frozenset()  # Source weights (for penalties), paths loaded.
   if config.init and strat.pretrained:
-    src_params, src_stats = checkpoint.load_model(config.init)
     params, report = checkpoint.merge(params, src_params, dont_load=config.dont_load,
                                       source=f"checkpoint {config.init}")
     batch_stats, _ = checkpoint.merge(batch_stats, src_stats, dont_load=config.dont_load,
                                       source=f"checkpoint {config.init} (batch_stats)")
     loaded = frozenset(strategy.param_paths(params)) - set(report["kept_from_init"])
+    if config.zero_head:
+      params = convert.init_head(params, zero=True)  # BiT's choice: start from uniform outputs.
     if config.reg.l2_sp or config.reg.delta:
       # A copy: the state is donated each step, so it must not alias the trained params.
       source = jax.tree.map(np.array, {"params": params, "batch_stats": batch_stats})
@@ -367,8 +370,9 @@ def _write_model_json(workdir, config, num_classes, class_names, mean, std):
     json.dump(meta, f, indent=2)
 
 
-def _source_meta(init: str) -> dict:
-  """The source's model.json, if it has one (for its normalization constants)."""
-  if init and os.path.exists(os.path.join(init, MODEL_JSON)):
-    return predict.read_model_json(init)
-  return {}
+def _check_source_model(config, meta: dict) -> None:
+  """A source of another architecture fails here in one sentence, not as 100 mis-shapes."""
+  name = meta.get("model", {}).get("name")
+  if name and name != config.model.name:
+    raise ValueError(f"config.init {config.init} holds a {name}, but config.model.name is "
+                     f"{config.model.name!r}; set --config.model.name={name}.")

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from jtl.models.resnet import STAGES, ResNet
+from jtl.models.resnet_v2 import BIT_MODELS, ResNetV2, get_bit_model
 
 # name -> (blocks per stage, bottleneck blocks?)
 MODELS = {
@@ -23,8 +24,11 @@ def get_model(name: str, **kwargs) -> nn.Module:
   Example:
     >>> model = get_model("resnet18", num_classes=10, small_stem=True, width=0.5)
   """
+  if name in BIT_MODELS:
+    return get_bit_model(name, **kwargs)
   if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r}; known models are {', '.join(MODELS)}.")
+    raise ValueError(f"Unknown model {name!r}; known models are {', '.join(MODELS)} and "
+                     f"BiT's {', '.join(BIT_MODELS)}.")
   stage_sizes, bottleneck = MODELS[name]
   return ResNet(stage_sizes=stage_sizes, bottleneck=bottleneck, **kwargs)
 
@@ -51,6 +55,8 @@ def stage_of(path: str) -> str:
   for part in path.split("/"):
     if part in STAGES or part == "head":
       return part
+    if part == "pre_head_norm":  # ResNetV2's norm of stage4's output belongs to stage4.
+      return "stage4"
   raise ValueError(f"Parameter path {path!r} lies in none of {STAGES + ('head',)}.")
 
 
