@@ -15,7 +15,8 @@ surgical:STAGE, discriminative[:D], gradual_unfreeze[:EVERY], lp_ft[:STEPS], bit
 norm_only; or --config.strategy.rules. Add --dry_run to see what a strategy trains.
 
 Arguments, e.g. `configs/transfer.py:init=runs/src,shots=5,strategy=full_finetune`:
-  init (source workdir), model, dataset, classes, shots (0 = all), strategy,
+  init (source: a jtl workdir, hf:PATH, torchvision:PATH, bit:PATH), model ("auto":
+  the source's), dataset, classes, shots (0 = all), strategy,
   small_stem, width, size, steps, batch, lr.
 """
 

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.progress = True         # tqdm progress bars.
 
+  # name="auto" takes name, small_stem and width from the source checkpoint (config.init).
   c.model = ml_collections.ConfigDict(dict(
       name="resnet18", small_stem=False, width=1.0, dtype="float32"))
 
@@ -82,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
       l2_sp=0.0, l2_sp_beta=0.0, delta=0.0, bss=0.0, bss_k=1))
 
   c.optim = ml_collections.ConfigDict(dict(
-      name="momentum", lr=0.1, momentum=0.9, weight_decay=5e-4, clip_norm=0.0,
+      name="momentum", lr=0.1, momentum=0.9, weight_decay=5e-4, decay_all=False, clip_norm=0.0,
       schedule="warmup_cosine", warmup_steps=50))
 
   c.loss = ml_collections.ConfigDict(dict(name="xent", label_smoothing=0.0))

@@ -55,7 +55,9 @@ def _direction(cfg) -> list[optax.GradientTransformation]:
 
 def _for_label(cfg, total_steps: int, lr_mult: float, weight_decay: float, schedule: str):
   train = [optax.clip_by_global_norm(float(cfg.clip_norm))] if cfg.get("clip_norm") else []
-  decay = [optax.add_decayed_weights(weight_decay, mask=_decay_mask)] if weight_decay else []
+  # cfg.decay_all=True also decays BatchNorm scales/offsets and biases (frozen params never).
+  mask = None if cfg.get("decay_all", False) else _decay_mask
+  decay = [optax.add_decayed_weights(weight_decay, mask=mask)] if weight_decay else []
   # SGD-style methods and LARS decay through the gradient (classic L2); adamw decouples it.
   train += _direction(cfg) + decay if cfg.name == "adamw" else decay + _direction(cfg)
   lr = make_schedule(cfg, total_steps, schedule)

@@ -217,7 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_classes = train_src.num_classes
   # Source weights in any format jtl reads (a jtl run, hf:, torchvision:, bit:, orbax:).
   src_params, src_stats, source_meta = convert.load(config.init) if config.init else ({}, {}, {})
-  _check_source_model(config, source_meta)
+  arch = _architecture(config, source_meta)
   mean = config.data.mean or source_meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
   std = config.data.std or source_meta.get("data", {}).get("std") or (0.5,) * config.data.channels
   train_iter = iter(data.train_dataset(
@@ -226,9 +226,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       shard_index=jax.process_index(), shard_count=jax.process_count()))
 
   # ---- Model, strategy and source weights -------------------------------------
-  model = models.get_model(config.model.name, num_classes=num_classes,
-                           small_stem=config.model.small_stem, width=config.model.width,
-                           dtype=jnp.dtype(config.model.dtype))
+  model = models.get_model(arch["name"], num_classes=num_classes, small_stem=arch["small_stem"],
+                           width=arch["width"], dtype=jnp.dtype(config.model.dtype))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
@@ -261,7 +260,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
     return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields)
 
-  _write_model_json(workdir, config, num_classes, train_src.class_names, mean, std)
+  _write_model_json(workdir, config, arch, num_classes, train_src.class_names, mean, std)
 
   # ---- Resume ----------------------------------------------------------------
   mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -358,11 +357,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
 
 
-def _write_model_json(workdir, config, num_classes, class_names, mean, std):
+def _write_model_json(workdir, config, arch, num_classes, class_names, mean, std):
   """What a later transfer or `predict` needs to rebuild and feed this model."""
   if jax.process_index() != 0:
     return
-  meta = {"model": {**config.model.to_dict(), "num_classes": num_classes},
+  meta = {"model": {**arch, "dtype": config.model.dtype, "num_classes": num_classes},
           "class_names": list(class_names),
           "data": {"image_size": config.data.image_size, "channels": config.data.channels,
                    "mean": list(mean), "std": list(std)}}
@@ -370,9 +369,19 @@ def _write_model_json(workdir, config, num_classes, class_names, mean, std):
     json.dump(meta, f, indent=2)
 
 
-def _check_source_model(config, meta: dict) -> None:
-  """A source of another architecture fails here in one sentence, not as 100 mis-shapes."""
-  name = meta.get("model", {}).get("name")
-  if name and name != config.model.name:
-    raise ValueError(f"config.init {config.init} holds a {name}, but config.model.name is "
-                     f"{config.model.name!r}; set --config.model.name={name}.")
+def _architecture(config, meta: dict) -> dict:
+  """name, small_stem, width: from the config, or from the source's model.json if "auto".
+
+  A source of another architecture fails here in one sentence, not as 100 mis-shapes.
+  """
+  source = meta.get("model", {})
+  if config.model.name == "auto":
+    if not source:
+      raise ValueError("config.model.name='auto' takes the model from config.init, but "
+                       f"{config.init or 'config.init (empty)'} describes no model.")
+    return {"name": source["name"], "small_stem": source.get("small_stem", False),
+            "width": source.get("width", 1.0)}
+  if source.get("name") and source["name"] != config.model.name:
+    raise ValueError(f"config.init {config.init} holds a {source['name']}, but config.model.name "
+                     f"is {config.model.name!r}; set --config.model.name={source['name']} (or auto).")
+  return {k: config.model[k] for k in ("name", "small_stem", "width")}

@@ -421,7 +421,7 @@ def test_transfer_run_starts_from_a_hugging_face_folder(hf_built, tmp_path):
   from jtl import train
   from test_train import tiny_config
   _, folder, _, _ = hf_built("resnet18")
-  config = tiny_config(**{"model.small_stem": False, "model.width": 1.0, "data.image_size": 32,
+  config = tiny_config(**{"model.name": "auto", "data.image_size": 32,
                           "data.channels": 3, "init": f"hf:{folder}", "total_steps": 1,
                           "strategy.name": "linear_probe"})
   train.train_and_evaluate(config, str(tmp_path))
@@ -433,6 +433,8 @@ def test_transfer_run_starts_from_a_hugging_face_folder(hf_built, tmp_path):
   assert got["head/kernel"].shape == (512, 5)
   meta = checkpoint.read_model_json(str(tmp_path))
   assert meta["data"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+  assert meta["model"] | {"dtype": None} == {"name": "resnet18", "small_stem": False, "width": 1.0,
+                                             "num_classes": 5, "dtype": None}
 
 
 def test_a_source_of_another_architecture_fails_in_one_sentence(bit_npz, tmp_path):

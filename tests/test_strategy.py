@@ -228,3 +228,16 @@ def test_gradual_unfreeze_adds_one_stage_per_phase_top_down(tmp_path):
               {"head", "stage4", "stage3", "stage2", "stage1", "stem"},
               {"head", "stage4", "stage3", "stage2", "stage1", "stem"}]
   assert moved == expected
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_weight_decay_skips_norms_and_biases_unless_asked(decay_all):
+  c = config_for("norm_only")   # Trains head and BatchNorm scales/offsets.
+  c.optim.update(name="sgd", weight_decay=0.5, decay_all=decay_all)
+  labels = strategy.resolve(c.strategy, PARAMS, 6).phases[0].labels
+  tx = optim.make_optimizer(c.optim, labels, 6)
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+  updates = flat(tx.update(zeros, tx.init(PARAMS), PARAMS)[0])
+  assert np.any(updates["head/kernel"])
+  assert np.any(updates["stage4/block1/bn2/scale"]) == decay_all
+  assert not np.any(updates["stage4/block1/conv2/kernel"])  # Frozen: never decayed.
