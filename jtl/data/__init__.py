@@ -6,7 +6,7 @@ from jtl.data.sources import ArraySource, Source, TfdsSource, load_source, read_
 from jtl.data.splits import Subset, carve_validation, class_subset, k_shot, make_splits
 
 __all__ = [
-    "ArraySource", "FolderSource", "Source", "Subset", "TfdsSource",
-    "carve_validation", "class_subset", "eval_batches", "k_shot", "load_source", "make_splits",
-    "num_eval_batches", "preprocess", "random_crop_flip", "read_idx", "train_dataset",
+  "ArraySource", "FolderSource", "Source", "Subset", "TfdsSource",
+  "carve_validation", "class_subset", "eval_batches", "k_shot", "load_source", "make_splits",
+  "num_eval_batches", "preprocess", "random_crop_flip", "read_idx", "train_dataset",
 ]

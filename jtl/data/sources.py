@@ -5,8 +5,8 @@ A source is what `grain.MapDataset.source` reads: `len(src)` and
 `labels` (all labels in index order, so subsets and k-shot draws never decode
 an image), `class_names`, `num_classes` and `name`.
 
-  src = load_source("fashion_mnist", "train")
-  src[0]["image"].shape, src.num_classes   # (28, 28, 1), 10
+ src = load_source("fashion_mnist", "train")
+ src[0]["image"].shape, src.num_classes   # (28, 28, 1), 10
 """
 
 from __future__ import annotations
@@ -20,55 +20,55 @@ import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+  "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 SPLITS = ("train", "test")
 
 
 def check_split(name: str, split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"{name}: unknown split {split!r}; expected one of {SPLITS}")
+  if split not in SPLITS:
+    raise ValueError(f"{name}: unknown split {split!r}; expected one of {SPLITS}")
 
 
 class Source:
-    """Base of jtl sources: subclasses set `name`, `split`, `labels`, `class_names`."""
+  """Base of jtl sources: subclasses set `name`, `split`, `labels`, `class_names`."""
 
-    name: str
-    split: str | None
-    labels: np.ndarray
-    class_names: list[str]
+  name: str
+  split: str | None
+  labels: np.ndarray
+  class_names: list[str]
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
 
-    def __len__(self) -> int:
-        return len(self.labels)
+  def __len__(self) -> int:
+    return len(self.labels)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {len(self)} examples, {self.num_classes} classes)"
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self.name!r}, {len(self)} examples, {self.num_classes} classes)"
 
 
 class ArraySource(Source):
-    """A source over images already in memory (small datasets).
+  """A source over images already in memory (small datasets).
 
-    >>> src = ArraySource("toy", np.zeros((2, 8, 8, 1), np.uint8), [0, 1], ["a", "b"])
-    >>> src[1]["label"]
-    1
-    """
+  >>> src = ArraySource("toy", np.zeros((2, 8, 8, 1), np.uint8), [0, 1], ["a", "b"])
+  >>> src[1]["label"]
+  1
+  """
 
-    def __init__(self, name: str, images: np.ndarray, labels, class_names: list[str], split: str | None = None):
-        if len(images) != len(labels):
-            raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels; expected one label per image")
-        self.name = name
-        self.split = split
-        self.images = images
-        self.labels = np.asarray(labels, np.int64)
-        self.class_names = list(class_names)
+  def __init__(self, name: str, images: np.ndarray, labels, class_names: list[str], split: str | None = None):
+    if len(images) != len(labels):
+      raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels; expected one label per image")
+    self.name = name
+    self.split = split
+    self.images = images
+    self.labels = np.asarray(labels, np.int64)
+    self.class_names = list(class_names)
 
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i])}
+  def __getitem__(self, i: int) -> dict:
+    return {"image": self.images[i], "label": int(self.labels[i])}
 
 
 # --- Fashion-MNIST from idx files ------------------------------------------
@@ -78,156 +78,156 @@ _IDX_UBYTE = 0x08
 
 
 def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
-    """Reads a gzip-compressed idx file of uint8 with `ndim` dimensions.
+  """Reads a gzip-compressed idx file of uint8 with `ndim` dimensions.
 
-    >>> read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz", 1).shape
-    (10000,)
-    """
-    try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:  # bad gzip header or truncated stream
-        raise ValueError(f"{path}: not a readable gzip idx file ({e})") from None
-    header = 4 + 4 * ndim
-    if len(data) < header or data[:2] != b"\0\0" or data[2] != _IDX_UBYTE or data[3] != ndim:
-        raise ValueError(
-            f"{path}: bad idx magic number {data[:4].hex()!r}; expected '0000080{ndim}' (uint8, {ndim} dims)")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    if len(data) - header != int(np.prod(shape)):
-        raise ValueError(f"{path}: {len(data) - header} bytes of data, expected {int(np.prod(shape))} for shape {shape}")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+  >>> read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz", 1).shape
+  (10000,)
+  """
+  try:
+    with gzip.open(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:  # bad gzip header or truncated stream
+    raise ValueError(f"{path}: not a readable gzip idx file ({e})") from None
+  header = 4 + 4 * ndim
+  if len(data) < header or data[:2] != b"\0\0" or data[2] != _IDX_UBYTE or data[3] != ndim:
+    raise ValueError(
+      f"{path}: bad idx magic number {data[:4].hex()!r}; expected '0000080{ndim}' (uint8, {ndim} dims)")
+  shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+  if len(data) - header != int(np.prod(shape)):
+    raise ValueError(f"{path}: {len(data) - header} bytes of data, expected {int(np.prod(shape))} for shape {shape}")
+  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
 @functools.lru_cache(maxsize=4)  # a run loads each split more than once; parsing costs ~0.5 s
 def _read_fashion_mnist(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    prefix = os.path.join(folder, "train" if split == "train" else "t10k")
-    images = read_idx(f"{prefix}-images-idx3-ubyte.gz", 3)
-    labels = read_idx(f"{prefix}-labels-idx1-ubyte.gz", 1)
-    if len(images) != len(labels) or labels.max(initial=0) > 9:
-        raise ValueError(f"{prefix}-*-ubyte.gz: {len(images)} images, {len(labels)} labels "
-                         f"(max {labels.max(initial=0)}); expected equal counts and labels 0..9")
-    return images[..., None], labels
+  prefix = os.path.join(folder, "train" if split == "train" else "t10k")
+  images = read_idx(f"{prefix}-images-idx3-ubyte.gz", 3)
+  labels = read_idx(f"{prefix}-labels-idx1-ubyte.gz", 1)
+  if len(images) != len(labels) or labels.max(initial=0) > 9:
+    raise ValueError(f"{prefix}-*-ubyte.gz: {len(images)} images, {len(labels)} labels "
+            f"(max {labels.max(initial=0)}); expected equal counts and labels 0..9")
+  return images[..., None], labels
 
 
 def fashion_mnist(split: str, data_dir: str | None = None) -> Source:
-    """Fashion-MNIST from Debian's idx files (apt `dataset-fashion-mnist`), else TFDS.
+  """Fashion-MNIST from Debian's idx files (apt `dataset-fashion-mnist`), else TFDS.
 
-    >>> fashion_mnist("test")[0]["image"].shape
-    (28, 28, 1)
-    """
-    check_split("fashion_mnist", split)
-    folder = data_dir or FASHION_MNIST_DIR
-    prefix = "train" if split == "train" else "t10k"
-    files = [os.path.join(folder, f"{prefix}-{kind}-ubyte.gz") for kind in ("images-idx3", "labels-idx1")]
-    if all(os.path.exists(f) for f in files):
-        images, labels = _read_fashion_mnist(folder, split)
-        return ArraySource("fashion_mnist", images, labels, FASHION_MNIST_CLASSES, split)
-    try:
-        src = TfdsSource("fashion_mnist", split, data_dir)
-    except Exception as e:  # any TFDS failure ends in the same advice
-        reason = (str(e).splitlines() or [type(e).__name__])[0]  # tfds messages can run for pages
-        raise FileNotFoundError(
-            f"fashion_mnist: no idx files in {folder} and no usable TFDS dataset ({reason}); "
-            "install `dataset-fashion-mnist` (apt) or prepare the TFDS dataset.") from None
-    src.class_names = list(FASHION_MNIST_CLASSES)
-    return src
+  >>> fashion_mnist("test")[0]["image"].shape
+  (28, 28, 1)
+  """
+  check_split("fashion_mnist", split)
+  folder = data_dir or FASHION_MNIST_DIR
+  prefix = "train" if split == "train" else "t10k"
+  files = [os.path.join(folder, f"{prefix}-{kind}-ubyte.gz") for kind in ("images-idx3", "labels-idx1")]
+  if all(os.path.exists(f) for f in files):
+    images, labels = _read_fashion_mnist(folder, split)
+    return ArraySource("fashion_mnist", images, labels, FASHION_MNIST_CLASSES, split)
+  try:
+    src = TfdsSource("fashion_mnist", split, data_dir)
+  except Exception as e:  # any TFDS failure ends in the same advice
+    reason = (str(e).splitlines() or [type(e).__name__])[0]  # tfds messages can run for pages
+    raise FileNotFoundError(
+      f"fashion_mnist: no idx files in {folder} and no usable TFDS dataset ({reason}); "
+      "install `dataset-fashion-mnist` (apt) or prepare the TFDS dataset.") from None
+  src.class_names = list(FASHION_MNIST_CLASSES)
+  return src
 
 
 # --- scikit-learn digits -----------------------------------------------------
 
 def digits(split: str) -> Source:
-    """scikit-learn's 8x8 digits with a fixed stratified 80/20 train/test split.
+  """scikit-learn's 8x8 digits with a fixed stratified 80/20 train/test split.
 
-    >>> len(digits("train")) + len(digits("test"))
-    1797
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+  >>> len(digits("train")) + len(digits("test"))
+  1797
+  """
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
 
-    check_split("digits", split)
-    data = load_digits()
-    # Pixels are 0..16; scale to the 0..255 range every other source uses.
-    images = np.round(data.images * (255 / 16)).astype(np.uint8)[..., None]
-    train, test = train_test_split(
-        np.arange(len(images)), test_size=0.2, stratify=data.target, random_state=0)
-    idx = np.sort(train if split == "train" else test)
-    src = ArraySource("digits", images[idx], data.target[idx], [str(d) for d in range(10)], split)
-    src.indices = idx  # positions in load_digits(): shows which examples each split holds
-    return src
+  check_split("digits", split)
+  data = load_digits()
+  # Pixels are 0..16; scale to the 0..255 range every other source uses.
+  images = np.round(data.images * (255 / 16)).astype(np.uint8)[..., None]
+  train, test = train_test_split(
+    np.arange(len(images)), test_size=0.2, stratify=data.target, random_state=0)
+  idx = np.sort(train if split == "train" else test)
+  src = ArraySource("digits", images[idx], data.target[idx], [str(d) for d in range(10)], split)
+  src.indices = idx  # positions in load_digits(): shows which examples each split holds
+  return src
 
 
 # --- any TFDS dataset ----------------------------------------------------------
 
 def _unknown(name: str) -> ValueError:
-    return ValueError(f"unknown dataset {name!r}: not a jtl dataset (fashion_mnist, digits, folder:PATH) "
-                      "nor a TFDS dataset name.")
+  return ValueError(f"unknown dataset {name!r}: not a jtl dataset (fashion_mnist, digits, folder:PATH) "
+           "nor a TFDS dataset name.")
 
 
 class TfdsSource(Source):
-    """A TFDS dataset prepared as array_record, read with `tfds.data_source`.
+  """A TFDS dataset prepared as array_record, read with `tfds.data_source`.
 
-    >>> TfdsSource("mnist", "train")[0]["image"].shape   # once prepared  # doctest: +SKIP
-    (28, 28, 1)
-    """
+  >>> TfdsSource("mnist", "train")[0]["image"].shape   # once prepared  # doctest: +SKIP
+  (28, 28, 1)
+  """
 
-    def __init__(self, name: str, split: str, data_dir: str | None = None):
-        import tensorflow_datasets as tfds
+  def __init__(self, name: str, split: str, data_dir: str | None = None):
+    import tensorflow_datasets as tfds
 
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.DatasetNotFoundError:
-            raise _unknown(name) from None  # tfds' own message lists every dataset
-        features = builder.info.features
-        if "image" not in features or "label" not in features:
-            raise ValueError(f"TFDS dataset {name!r} has features {sorted(features.keys())}; "
-                             "expected an 'image' and a 'label' feature")
-        try:
-            # download=False: preparing data is a separate step, not a side effect of training.
-            self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        except Exception as e:
-            if not builder.is_prepared():
-                raise FileNotFoundError(
-                    f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; expected array_record files "
-                    f"(`tfds build {name} --file_format=array_record`)") from None
-            raise
-        self.name = name
-        self.split = split
-        self.class_names = list(getattr(features["label"], "names", None) or
-                                [str(i) for i in range(features["label"].num_classes)])
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+      raise _unknown(name) from None  # tfds' own message lists every dataset
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+      raise ValueError(f"TFDS dataset {name!r} has features {sorted(features.keys())}; "
+              "expected an 'image' and a 'label' feature")
+    try:
+      # download=False: preparing data is a separate step, not a side effect of training.
+      self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:
+      if not builder.is_prepared():
+        raise FileNotFoundError(
+          f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; expected array_record files "
+          f"(`tfds build {name} --file_format=array_record`)") from None
+      raise
+    self.name = name
+    self.split = split
+    self.class_names = list(getattr(features["label"], "names", None) or
+                [str(i) for i in range(features["label"].num_classes)])
 
-    @functools.cached_property
-    def labels(self) -> np.ndarray:
-        # Decodes every record once (images included): seconds for MNIST-sized
-        # data, slow for ImageNet-sized data, which should ship its own labels.
-        return np.array([int(self._ds[i]["label"]) for i in range(len(self._ds))], np.int64)
+  @functools.cached_property
+  def labels(self) -> np.ndarray:
+    # Decodes every record once (images included): seconds for MNIST-sized
+    # data, slow for ImageNet-sized data, which should ship its own labels.
+    return np.array([int(self._ds[i]["label"]) for i in range(len(self._ds))], np.int64)
 
-    def __len__(self) -> int:
-        return len(self._ds)
+  def __len__(self) -> int:
+    return len(self._ds)
 
-    def __getitem__(self, i: int) -> dict:
-        record = self._ds[i]
-        image = np.asarray(record["image"], np.uint8)
-        return {"image": image if image.ndim == 3 else image[..., None], "label": int(record["label"])}
+  def __getitem__(self, i: int) -> dict:
+    record = self._ds[i]
+    image = np.asarray(record["image"], np.uint8)
+    return {"image": image if image.ndim == 3 else image[..., None], "label": int(record["label"])}
 
 
 # --- by name -----------------------------------------------------------------
 
 def load_source(name: str, split: str, data_dir: str | None = None, *, skip_corrupt: bool = False) -> Source:
-    """Returns the `split` ("train" or "test") of the dataset called `name`.
+  """Returns the `split` ("train" or "test") of the dataset called `name`.
 
-    `name` is "fashion_mnist", "digits", "folder:/path" (or an existing
-    directory), or a TFDS name. `skip_corrupt` applies to image folders.
+  `name` is "fashion_mnist", "digits", "folder:/path" (or an existing
+  directory), or a TFDS name. `skip_corrupt` applies to image folders.
 
-    >>> src = load_source("digits", "test")
-    >>> len(src), src.num_classes
-    (360, 10)
-    """
-    from jtl.data.folder import FolderSource
+  >>> src = load_source("digits", "test")
+  >>> len(src), src.num_classes
+  (360, 10)
+  """
+  from jtl.data.folder import FolderSource
 
-    if name == "fashion_mnist":
-        return fashion_mnist(split, data_dir)
-    if name == "digits":
-        return digits(split)
-    if name.startswith("folder:") or os.path.isdir(name):
-        return FolderSource(Path(name.removeprefix("folder:")), split, skip_corrupt=skip_corrupt)
-    return TfdsSource(name, split, data_dir)
+  if name == "fashion_mnist":
+    return fashion_mnist(split, data_dir)
+  if name == "digits":
+    return digits(split)
+  if name.startswith("folder:") or os.path.isdir(name):
+    return FolderSource(Path(name.removeprefix("folder:")), split, skip_corrupt=skip_corrupt)
+  return TfdsSource(name, split, data_dir)

@@ -5,9 +5,9 @@ positions into it, so they compose by indexing and never decode an image.
 `make_splits` chains them in a fixed order: subset the train classes, carve
 validation out of train, draw k shots from the rest; test is only subset.
 
-  splits = make_splits({"name": "fashion_mnist", "classes": [5, 6, 7, 8, 9],
-                        "shots": 10, "val_per_class": 100}, seed=0)
-  len(splits["train"]), splits["train"].class_names[0]   # 50, 'Sandal'
+ splits = make_splits({"name": "fashion_mnist", "classes": [5, 6, 7, 8, 9],
+            "shots": 10, "val_per_class": 100}, seed=0)
+ len(splits["train"]), splits["train"].class_names[0]   # 50, 'Sandal'
 """
 
 from __future__ import annotations
@@ -20,148 +20,148 @@ from jtl.data.sources import Source, load_source
 
 
 def class_subset(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """Indices (ascending) of the examples whose label is in `classes`.
+  """Indices (ascending) of the examples whose label is in `classes`.
 
-    >>> class_subset(np.array([0, 5, 6, 5]), [5, 6])
-    array([1, 2, 3])
-    """
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"classes {list(classes)} has repeats; expected distinct class ids")
-    return np.flatnonzero(np.isin(labels, classes))
+  >>> class_subset(np.array([0, 5, 6, 5]), [5, 6])
+  array([1, 2, 3])
+  """
+  if len(set(classes)) != len(classes):
+    raise ValueError(f"classes {list(classes)} has repeats; expected distinct class ids")
+  return np.flatnonzero(np.isin(labels, classes))
 
 
 def _per_class(labels: np.ndarray, num_classes: int | None) -> list[tuple[int, np.ndarray]]:
-    classes = range(num_classes) if num_classes is not None else np.unique(labels)
-    return [(int(c), np.flatnonzero(labels == c)) for c in classes]
+  classes = range(num_classes) if num_classes is not None else np.unique(labels)
+  return [(int(c), np.flatnonzero(labels == c)) for c in classes]
 
 
 def k_shot(labels: np.ndarray, shots: int, seed: int | Sequence[int], *, num_classes: int | None = None) -> np.ndarray:
-    """Indices (ascending) of exactly `shots` random examples per class.
+  """Indices (ascending) of exactly `shots` random examples per class.
 
-    Classes are those in `labels`, or 0..num_classes-1 if given. For one seed,
-    the k-shot draw is a prefix of the (k+1)-shot draw, so shot curves are nested.
+  Classes are those in `labels`, or 0..num_classes-1 if given. For one seed,
+  the k-shot draw is a prefix of the (k+1)-shot draw, so shot curves are nested.
 
-    >>> k_shot(np.array([0, 0, 0, 1, 1]), shots=2, seed=0).size
-    4
-    """
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c, idx in _per_class(np.asarray(labels), num_classes):
-        if len(idx) < shots:
-            raise ValueError(f"class {c} has {len(idx)} examples; expected at least shots={shots}")
-        picked.append(rng.permutation(idx)[:shots])
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+  >>> k_shot(np.array([0, 0, 0, 1, 1]), shots=2, seed=0).size
+  4
+  """
+  rng = np.random.default_rng(seed)
+  picked = []
+  for c, idx in _per_class(np.asarray(labels), num_classes):
+    if len(idx) < shots:
+      raise ValueError(f"class {c} has {len(idx)} examples; expected at least shots={shots}")
+    picked.append(rng.permutation(idx)[:shots])
+  return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
 def carve_validation(labels: np.ndarray, *, val_per_class: int | None = None,
-                     val_fraction: float | None = None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Splits train positions into disjoint, stratified (train, val) indices.
+          val_fraction: float | None = None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Splits train positions into disjoint, stratified (train, val) indices.
 
-    Give either `val_per_class` (exact count per class) or `val_fraction`.
+  Give either `val_per_class` (exact count per class) or `val_fraction`.
 
-    >>> train, val = carve_validation(np.array([0, 0, 0, 1, 1, 1]), val_per_class=1, seed=0)
-    >>> len(train), len(val)
-    (4, 2)
-    """
-    labels = np.asarray(labels)
-    if (val_per_class is None) == (val_fraction is None):
-        raise ValueError("carve_validation: expected exactly one of val_per_class or val_fraction")
-    if val_fraction is not None:
-        from sklearn.model_selection import train_test_split
+  >>> train, val = carve_validation(np.array([0, 0, 0, 1, 1, 1]), val_per_class=1, seed=0)
+  >>> len(train), len(val)
+  (4, 2)
+  """
+  labels = np.asarray(labels)
+  if (val_per_class is None) == (val_fraction is None):
+    raise ValueError("carve_validation: expected exactly one of val_per_class or val_fraction")
+  if val_fraction is not None:
+    from sklearn.model_selection import train_test_split
 
-        train, val = train_test_split(np.arange(len(labels)), test_size=val_fraction,
-                                      stratify=labels, random_state=seed)
-        return np.sort(train), np.sort(val)
-    rng = np.random.default_rng(seed)
-    val = []
-    for c, idx in _per_class(labels, None):
-        if len(idx) <= val_per_class:
-            raise ValueError(f"class {c} has {len(idx)} examples; expected more than val_per_class="
-                             f"{val_per_class} so some remain for training")
-        val.append(rng.permutation(idx)[:val_per_class])
-    val = np.sort(np.concatenate(val))
-    return np.setdiff1d(np.arange(len(labels)), val), val
+    train, val = train_test_split(np.arange(len(labels)), test_size=val_fraction,
+                   stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+  rng = np.random.default_rng(seed)
+  val = []
+  for c, idx in _per_class(labels, None):
+    if len(idx) <= val_per_class:
+      raise ValueError(f"class {c} has {len(idx)} examples; expected more than val_per_class="
+              f"{val_per_class} so some remain for training")
+    val.append(rng.permutation(idx)[:val_per_class])
+  val = np.sort(np.concatenate(val))
+  return np.setdiff1d(np.arange(len(labels)), val), val
 
 
 class Subset(Source):
-    """A random-access view of `source[indices]` with labels renumbered by `label_map`.
+  """A random-access view of `source[indices]` with labels renumbered by `label_map`.
 
-    `label_map` maps original label -> new label (None keeps labels).
+  `label_map` maps original label -> new label (None keeps labels).
 
-    >>> sub = Subset(src, class_subset(src.labels, [5, 9]), {5: 0, 9: 1})   # doctest: +SKIP
-    >>> sub.class_names                                                     # doctest: +SKIP
-    ['Sandal', 'Ankle boot']
-    """
+  >>> sub = Subset(src, class_subset(src.labels, [5, 9]), {5: 0, 9: 1})   # doctest: +SKIP
+  >>> sub.class_names                                                     # doctest: +SKIP
+  ['Sandal', 'Ankle boot']
+  """
 
-    def __init__(self, source: Source, indices: np.ndarray, label_map: Mapping[int, int] | None = None):
-        self.parent = source
-        self.indices = np.asarray(indices, np.int64)
-        self.label_map = dict(label_map) if label_map is not None else None
-        self.name = source.name
-        self.split = source.split
-        parent_labels = np.asarray(source.labels)[self.indices]
-        if self.label_map is None:
-            self.labels = parent_labels
-            self.class_names = list(source.class_names)
-        else:
-            lookup = np.full(source.num_classes, -1, np.int64)
-            lookup[list(self.label_map)] = list(self.label_map.values())
-            self.labels = lookup[parent_labels]
-            if (self.labels < 0).any():
-                raise ValueError(f"{source.name}: label_map {self.label_map} misses labels "
-                                 f"{sorted(set(parent_labels[self.labels < 0].tolist()))} of the chosen examples")
-            by_new = sorted(self.label_map, key=self.label_map.get)
-            self.class_names = [source.class_names[c] for c in by_new]
+  def __init__(self, source: Source, indices: np.ndarray, label_map: Mapping[int, int] | None = None):
+    self.parent = source
+    self.indices = np.asarray(indices, np.int64)
+    self.label_map = dict(label_map) if label_map is not None else None
+    self.name = source.name
+    self.split = source.split
+    parent_labels = np.asarray(source.labels)[self.indices]
+    if self.label_map is None:
+      self.labels = parent_labels
+      self.class_names = list(source.class_names)
+    else:
+      lookup = np.full(source.num_classes, -1, np.int64)
+      lookup[list(self.label_map)] = list(self.label_map.values())
+      self.labels = lookup[parent_labels]
+      if (self.labels < 0).any():
+        raise ValueError(f"{source.name}: label_map {self.label_map} misses labels "
+                f"{sorted(set(parent_labels[self.labels < 0].tolist()))} of the chosen examples")
+      by_new = sorted(self.label_map, key=self.label_map.get)
+      self.class_names = [source.class_names[c] for c in by_new]
 
-    def __getitem__(self, i: int) -> dict:
-        example = dict(self.parent[int(self.indices[i])])
-        example["label"] = int(self.labels[i])
-        return example
+  def __getitem__(self, i: int) -> dict:
+    example = dict(self.parent[int(self.indices[i])])
+    example["label"] = int(self.labels[i])
+    return example
 
 
 def _get(cfg, key, default=None):
-    # ConfigDict and dict both have .get; a ConfigDict field set to None reads as None.
-    return cfg.get(key, default)
+  # ConfigDict and dict both have .get; a ConfigDict field set to None reads as None.
+  return cfg.get(key, default)
 
 
 def make_splits(cfg, seed: int) -> dict[str, Subset | None]:
-    """Builds {"train", "val", "test"} Subsets for a dataset config.
+  """Builds {"train", "val", "test"} Subsets for a dataset config.
 
-    `cfg` (dict or ConfigDict) has `name` and optional `data_dir`, `classes`,
-    `shots`, `val_per_class` (0: "val" is None) and `skip_corrupt`.
+  `cfg` (dict or ConfigDict) has `name` and optional `data_dir`, `classes`,
+  `shots`, `val_per_class` (0: "val" is None) and `skip_corrupt`.
 
-    >>> splits = make_splits({"name": "digits", "shots": 5, "val_per_class": 10}, seed=0)
-    >>> len(splits["train"]), len(splits["val"])
-    (50, 100)
-    """
-    name, data_dir = cfg["name"], _get(cfg, "data_dir")
-    skip_corrupt = bool(_get(cfg, "skip_corrupt", False))
-    train_src = load_source(name, "train", data_dir, skip_corrupt=skip_corrupt)
-    test_src = load_source(name, "test", data_dir, skip_corrupt=skip_corrupt)
+  >>> splits = make_splits({"name": "digits", "shots": 5, "val_per_class": 10}, seed=0)
+  >>> len(splits["train"]), len(splits["val"])
+  (50, 100)
+  """
+  name, data_dir = cfg["name"], _get(cfg, "data_dir")
+  skip_corrupt = bool(_get(cfg, "skip_corrupt", False))
+  train_src = load_source(name, "train", data_dir, skip_corrupt=skip_corrupt)
+  test_src = load_source(name, "test", data_dir, skip_corrupt=skip_corrupt)
 
-    classes = _get(cfg, "classes")
-    if classes is None:
-        label_map, train_idx, test_idx = None, np.arange(len(train_src)), np.arange(len(test_src))
-    else:
-        classes = [int(c) for c in classes]
-        bad = [c for c in classes if not 0 <= c < train_src.num_classes]
-        if bad:
-            raise ValueError(f"{name}: classes {bad} out of range; expected ids in 0..{train_src.num_classes - 1}")
-        label_map = {c: i for i, c in enumerate(classes)}
-        train_idx = class_subset(train_src.labels, classes)
-        test_idx = class_subset(test_src.labels, classes)
-    num_classes = len(classes) if classes is not None else train_src.num_classes
+  classes = _get(cfg, "classes")
+  if classes is None:
+    label_map, train_idx, test_idx = None, np.arange(len(train_src)), np.arange(len(test_src))
+  else:
+    classes = [int(c) for c in classes]
+    bad = [c for c in classes if not 0 <= c < train_src.num_classes]
+    if bad:
+      raise ValueError(f"{name}: classes {bad} out of range; expected ids in 0..{train_src.num_classes - 1}")
+    label_map = {c: i for i, c in enumerate(classes)}
+    train_idx = class_subset(train_src.labels, classes)
+    test_idx = class_subset(test_src.labels, classes)
+  num_classes = len(classes) if classes is not None else train_src.num_classes
+  train = Subset(train_src, train_idx, label_map)
+
+  val = None
+  if _get(cfg, "val_per_class"):
+    rest, held_out = carve_validation(train.labels, val_per_class=int(cfg["val_per_class"]), seed=seed)
+    val = Subset(train_src, train_idx[held_out], label_map)
+    train_idx = train_idx[rest]
     train = Subset(train_src, train_idx, label_map)
-
-    val = None
-    if _get(cfg, "val_per_class"):
-        rest, held_out = carve_validation(train.labels, val_per_class=int(cfg["val_per_class"]), seed=seed)
-        val = Subset(train_src, train_idx[held_out], label_map)
-        train_idx = train_idx[rest]
-        train = Subset(train_src, train_idx, label_map)
-    if _get(cfg, "shots"):
-        # Only train labels are read here: the test split never feeds the k-shot draw.
-        # Seed [seed, 1]: a random stream independent of the validation draw's.
-        train_idx = train_idx[k_shot(train.labels, int(cfg["shots"]), [seed, 1], num_classes=num_classes)]
-        train = Subset(train_src, train_idx, label_map)
-    return {"train": train, "val": val, "test": Subset(test_src, test_idx, label_map)}
+  if _get(cfg, "shots"):
+    # Only train labels are read here: the test split never feeds the k-shot draw.
+    # Seed [seed, 1]: a random stream independent of the validation draw's.
+    train_idx = train_idx[k_shot(train.labels, int(cfg["shots"]), [seed, 1], num_classes=num_classes)]
+    train = Subset(train_src, train_idx, label_map)
+  return {"train": train, "val": val, "test": Subset(test_src, test_idx, label_map)}
