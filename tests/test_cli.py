@@ -27,3 +27,40 @@ def test_bad_input_fails_with_one_sentence(args, expected, tmp_path):
   lines = [l for l in result.stderr.splitlines() if l.startswith("jtl: error:")]
   assert len(lines) == 1 and expected in lines[0], result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
+  """A real crash: the process gets SIGKILL mid-run; rerunning the command finishes it."""
+  import signal
+  import time
+
+  import flax.traverse_util as tu
+  import numpy as np
+
+  from jtl import checkpoint
+  args = [sys.executable, "-m", "jtl.main",
+          "--config=configs/source.py:dataset=digits,size=8,width=0.125,steps=400,batch=16",
+          "--config.data.channels=1", "--config.data.val_per_class=0",
+          "--config.checkpoint_every=10", "--config.keep_checkpoints=2", "--config.progress=False"]
+  run = lambda workdir, **kw: subprocess.Popen([*args, f"--workdir={workdir}"], cwd=ROOT,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+  killed = run(tmp_path / "killed")
+  deadline = time.time() + 240
+  ckpts = tmp_path / "killed" / "checkpoints"
+  while time.time() < deadline and killed.poll() is None:
+    steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if ckpts.exists() else []
+    if steps and max(steps) >= 20:
+      killed.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  assert killed.wait(60) == -signal.SIGKILL, "the run ended before it could be killed"
+  at_kill = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  assert 20 <= at_kill < 400
+
+  for workdir in ("killed", "clean"):
+    p = run(tmp_path / workdir)
+    assert p.wait(600) == 0, p.stderr.read().decode()[-2000:]
+  flat = lambda d: tu.flatten_dict(checkpoint.load_model(str(tmp_path / d))[0], sep="/")
+  resumed, clean = flat("killed"), flat("clean")
+  for k in clean:
+    np.testing.assert_array_equal(resumed[k], clean[k], err_msg=k)
