@@ -89,7 +89,7 @@ def main(argv=None):
   checks = {"linear_probe <= 1.15x forward": lp["x_forward"] <= 1.15,
             "partial:3 <= 0.40x full": last["x_full"] <= 0.40}
 
-  print(f"\n| strategy | step (ms) | x forward | x full | trainable params | optimizer state (bytes per label) |")
+  print("\n| strategy | step (ms) | x forward | x full | trainable params | optimizer state (bytes per label) |")
   print("|---|---|---|---|---|---|")
   for r in rows:
     state = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["opt_state_bytes"].items()))

@@ -1,7 +1,6 @@
 """Tests for jtl.data: sources, split selection and grain pipelines."""
 
 import gzip
-import io
 
 import grain
 import numpy as np

@@ -184,7 +184,7 @@ class TfdsSource(Source):
     try:
       # download=False: preparing data is a separate step, not a side effect of training.
       self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:
+    except Exception:
       if not builder.is_prepared():
         raise FileNotFoundError(
           f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; expected array_record files "

@@ -60,4 +60,5 @@ def stage_of(path: str) -> str:
   raise ValueError(f"Parameter path {path!r} lies in none of {STAGES + ('head',)}.")
 
 
-__all__ = ["MODELS", "STAGES", "ResNet", "count_params", "get_model", "stage_of"]
+__all__ = ["BIT_MODELS", "MODELS", "STAGES", "ResNet", "ResNetV2", "count_params", "get_bit_model",
+           "get_model", "stage_of"]
