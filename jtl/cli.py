@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None):
     try:
       meta = convert.convert(argv[1], argv[2])
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-      run.fail(str(e).splitlines()[0])
+      run.fail(run.first_line(e))
     print(f"wrote {argv[2]}: {meta['model']['name']}, {meta['model']['num_classes']} classes, "
           f"{meta['data']['image_size']} px")
     return
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None):
     try:
       return predict.main(argv[1:])
     except (ValueError, FileNotFoundError) as e:
-      run.fail(str(e).splitlines()[0])
+      run.fail(run.first_line(e))
   print(f"usage:\n{USAGE}", file=sys.stderr)
   sys.exit(2)
 

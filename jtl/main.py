@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
       print(dry_run.describe(config))
     except USER_ERRORS as e:
-      fail(_first_line(e))
+      fail(first_line(e))
     return {}
   if not _WORKDIR.value:
     fail("--workdir is required: the directory for checkpoints, metrics and the summary.")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
   except USER_ERRORS as e:
     if os.environ.get("JTL_TRACEBACK"):
       raise
-    fail(_first_line(e))
+    fail(first_line(e))
   print(json.dumps(summary, indent=2))
   return summary
 
@@ -79,8 +79,12 @@ def parse_config(argv: list[str]):
     fail(_config_error(e))
 
 
+def _message(e: BaseException) -> str:
+  return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # No KeyError quotes.
+
+
 def _config_error(e: BaseException) -> str:
-  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  text = _message(e)
   lines = [l.strip() for l in text.strip().strip("'\"").splitlines() if l.strip()]
   if "Error whilst parsing config file" in text:
     # The config file raised: its own error is the last line of the quoted trace.
@@ -95,9 +99,8 @@ def _config_error(e: BaseException) -> str:
   return lines[0] if lines else type(e).__name__
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-  lines = text.strip().splitlines()
+def first_line(e: BaseException) -> str:
+  lines = _message(e).strip().splitlines()
   return lines[0] if lines else type(e).__name__
 
 

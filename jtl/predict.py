@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl import checkpoint, convert
+from jtl import checkpoint, convert, train
 from jtl.data.folder import decode_rgb
 from jtl.data.pipeline import preprocess
 
@@ -27,9 +27,9 @@ def predict(workdir: str, image_paths: list[str], top_k: int = 5) -> list[list[t
   d = meta["data"]
   images = np.stack([preprocess(decode_rgb(p), image_size=d["image_size"], channels=d["channels"])
                      for p in image_paths])
-  x = (images.astype(np.float32) / 255.0 - np.asarray(d["mean"])) / np.asarray(d["std"])
-  logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      {"params": params, "batch_stats": batch_stats}, jnp.asarray(x))
+  forward = train.make_apply_fn(model, d["mean"], d["std"], bn_train=())
+  logits, _, _ = jax.jit(lambda v, x: forward(v, x, train=False))(
+      {"params": params, "batch_stats": batch_stats}, images)
   probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
   names = meta.get("class_names") or [f"class_{i}" for i in range(probs.shape[-1])]
   return [[(names[i], float(p[i])) for i in np.argsort(-p)[:top_k]] for p in probs]

@@ -27,8 +27,6 @@ from tqdm import tqdm
 from jtl import checkpoint, convert, data, models, optim, strategy, writers
 from jtl.regularizers import make_penalty_fn
 
-MODEL_JSON = checkpoint.MODEL_JSON
-
 
 @struct.dataclass
 class TrainState:
@@ -155,10 +153,11 @@ def phase_fields(config, model, phase, mean, std, loaded=frozenset(), has_source
 def evaluate(eval_fn, state, source, cfg, put) -> dict:
   """Accuracy and mean loss of `state` on a whole split."""
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  batches = data.eval_batches(source, batch_size=cfg.data.eval_batch_size // jax.process_count(),
-                              image_size=cfg.data.image_size, channels=cfg.data.channels,
-                              shard_index=jax.process_index(), shard_count=jax.process_count())
-  n = -(-len(source) // cfg.data.eval_batch_size)
+  local = cfg.data.eval_batch_size // jax.process_count()
+  batches = data.eval_batches(source, batch_size=local, image_size=cfg.data.image_size,
+                              channels=cfg.data.channels, shard_index=jax.process_index(),
+                              shard_count=jax.process_count())
+  n = data.num_eval_batches(len(source), batch_size=local, shard_count=jax.process_count())
   for batch in tqdm(batches, total=n, desc="eval", leave=False, disable=not _show(cfg)):
     for k, v in jax.device_get(eval_fn(state, put(batch))).items():
       totals[k] += float(v)
@@ -231,21 +230,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  strat = strategy.resolve(config.strategy, params, config.total_steps)
+  strat = strategy.resolve(config.strategy, variables["params"], config.total_steps)
   source, loaded = None, frozenset()  # Source weights (for penalties), paths loaded.
   if config.init and strat.pretrained:
-    params, report = checkpoint.merge(params, src_params, dont_load=config.dont_load,
-                                      source=f"checkpoint {config.init}")
-    batch_stats, _ = checkpoint.merge(batch_stats, src_stats, dont_load=config.dont_load,
-                                      source=f"checkpoint {config.init} (batch_stats)")
-    loaded = frozenset(strategy.param_paths(params)) - set(report["kept_from_init"])
-    if config.zero_head:
-      params = convert.init_head(params, zero=True)  # BiT's choice: start from uniform outputs.
+    # zero_head: BiT's choice, a re-initialized head starts from uniform outputs.
+    variables, report = convert.load_into(
+        variables, (src_params, src_stats, source_meta), dont_load=config.dont_load,
+        zero_head=config.zero_head, name=f"checkpoint {config.init}")
+    loaded = (frozenset(strategy.param_paths(variables["params"]))
+              - set(report["kept_from_init"]))
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  if config.init and strat.pretrained:
     if config.reg.l2_sp or config.reg.delta:
       # A copy: the state is donated each step, so it must not alias the trained params.
       source = jax.tree.map(np.array, {"params": params, "batch_stats": batch_stats})
-    _log(f"loaded {report['loaded']} parameters from {config.init}; "
+    _log(f"loaded {report['loaded']} arrays from {config.init}; "
          f"re-initialized {', '.join(report['kept_from_init']) or 'none'}")
   elif config.init:
     _log(f"strategy {strat.name}: training from a random init; {config.init} is not loaded")
@@ -284,6 +283,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
 
   p_train = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+  lr = optim.make_schedule(config.optim, config.total_steps)  # The base lr, for the log.
   p_eval = jax.jit(eval_step, out_shardings=replicated)
 
   # ---- Train loop -------------------------------------------------------------
@@ -311,7 +311,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"({'step ' + str(good) if good is not None else 'none yet'}) is kept in "
               f"{os.path.join(workdir, checkpoint.CHECKPOINTS)}.")
         writer.write(step, {f"train/{k}": v for k, v in metrics.items()} | {
-            "train/lr": float(optim.make_schedule(config.optim, config.total_steps)(step - 1)),
+            "train/lr": float(lr(step - 1)),
             "train/images_per_sec": images_seen / (time.time() - t0)})
       if splits.get("val") is not None and (
           is_last or (config.eval_every and step % config.eval_every == 0)):
@@ -365,7 +365,7 @@ def _write_model_json(workdir, config, arch, num_classes, class_names, mean, std
           "class_names": list(class_names),
           "data": {"image_size": config.data.image_size, "channels": config.data.channels,
                    "mean": list(mean), "std": list(std)}}
-  with open(os.path.join(workdir, MODEL_JSON), "w") as f:
+  with open(os.path.join(workdir, checkpoint.MODEL_JSON), "w") as f:
     json.dump(meta, f, indent=2)
 
 

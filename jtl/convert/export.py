@@ -120,13 +120,13 @@ def init_head(params, zero: bool = True, *, rng=None, pattern: str = r"head/.*")
 
 
 def load_into(variables: dict, source, *, dont_load: Sequence[str] = (),
-              zero_head: bool = True):
+              zero_head: bool = True, name: str | None = None):
   """Merges a checkpoint into a model's init `variables` via `jtl.checkpoint.merge`.
 
   `source` is a path/hub id or a `(params, batch_stats, meta)` triple from `load`.
   Paths matching `dont_load` keep their init; a re-initialized head is zeroed if
-  `zero_head`. Returns (variables, report); report["kept_from_init"] lists the
-  paths not loaded.
+  `zero_head`. `name` is how errors refer to the source. Returns (variables,
+  report); report["kept_from_init"] lists the paths not loaded.
 
   Example:
     >>> variables = model.init(jax.random.key(0), x)             # a 5-class model
@@ -135,11 +135,11 @@ def load_into(variables: dict, source, *, dont_load: Sequence[str] = (),
     ['head/bias', 'head/kernel']
   """
   if isinstance(source, (str, os.PathLike)):
-    name = os.fspath(source)
-    params, batch_stats, _ = load(name)
+    name = name or os.fspath(source)
+    params, batch_stats, _ = load(os.fspath(source))
   else:
     params, batch_stats, meta = source
-    name = meta.get("converted_from", {}).get("path", "checkpoint")
+    name = name or meta.get("converted_from", {}).get("path", "checkpoint")
   new_params, report = checkpoint.merge(variables["params"], params, dont_load=dont_load,
                                         source=name)
   new_stats, stats_report = checkpoint.merge(variables.get("batch_stats", {}), batch_stats,
