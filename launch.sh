@@ -2,7 +2,9 @@
 # jtl launcher. Sets up .venv on first use (and the Fashion-MNIST package when run
 # as root), then:
 #   ./launch.sh CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR   one run
-#   ./launch.sh experiments/NAME.py [ARGS ...]                           a study
+#   ./launch.sh experiments/NAME.py [ARGS ...]                           a study or benchmark
+#   ./launch.sh sweep experiments/NAME.py [--workdir DIR] [--print_commands]   a study's grid
+#   ./launch.sh report DIR                                               RESULTS.md of a sweep
 #   ./launch.sh test [PYTEST ARGS ...]                                   the tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,12 +28,13 @@ setup() {
 }
 
 if [[ $# -eq 0 ]]; then
-  sed -n '2,6p' "$0"; exit 2
+  sed -n '2,8p' "$0"; exit 2
 fi
 setup
 export PYTHONUNBUFFERED=1
 case "$1" in
   test) shift; exec .venv/bin/python -m pytest "$@" ;;
+  sweep|report) exec .venv/bin/python -m jtl.cli "$@" ;;
   experiments/*.py) exec .venv/bin/python "$@" ;;
   *) config="$1"; shift; exec .venv/bin/python -m jtl.main --config="$config" "$@" ;;
 esac

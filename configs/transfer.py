@@ -2,12 +2,12 @@ r"""Transfer run: start from a source checkpoint, new head, train on the target 
 
   ./launch.sh configs/transfer.py:strategy=linear_probe --workdir runs/linear_probe
 
-Default: the source run of configs/source.py (runs/source), target Fashion-MNIST
-classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot) with 10 labelled images per
-class, evaluated on the target's 5000 test images. With the defaults (lr 0.01, 200
-steps, seed 0) expect test accuracy about 0.69 for linear_probe, 0.79 for
-full_finetune and 0.78 for scratch; experiments/seed_transfer.py picks each
-strategy's lr on validation instead (0.807 / 0.792 / 0.841 there).
+Default: the source model that the main study (./launch.sh experiments/seed_transfer.py)
+leaves in runs/seed_transfer/source/run (or train one: ./launch.sh configs/source.py
+--workdir runs/source, then init=runs/source), target Fashion-MNIST classes 5-9
+(Sandal, Shirt, Sneaker, Bag, Ankle boot) with 10 labelled images per class,
+evaluated on the target's 5000 test images. One run is one seed: compare strategies
+with a sweep over seeds (experiments/seed_transfer.py reports mean ± 95% CI).
 
 Strategies (jtl/strategy.py): linear_probe, full_finetune, scratch (the seed's
 pretrained=False baseline: the source is not loaded), partial:N, freeze_through:PATH,
@@ -24,7 +24,7 @@ from jtl.config import base_config, parse_arg, parse_classes
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, init="runs/source", model="resnet18", dataset="fashion_mnist",
+  a = parse_arg(arg, init="runs/seed_transfer/source/run", model="resnet18", dataset="fashion_mnist",
                 classes="5-9", shots=10, strategy="full_finetune", small_stem=True,
                 width=0.25, size=28, steps=200, batch=50, lr=0.01)
   c = base_config()

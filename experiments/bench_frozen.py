@@ -65,7 +65,7 @@ def main(argv=None):
   for name in STRATEGIES:
     config.strategy.name = name
     phase = strategy.resolve(config.strategy, variables["params"], 100).phases[0]
-    fields = train.phase_fields(config, model, phase, (0.5,) * 3, (0.5,) * 3)
+    fields, _ = train.phase_fields(config, model, phase, (0.5,) * 3, (0.5,) * 3)
     state = train.TrainState(
         step=jnp.zeros((), jnp.int32), params=variables["params"],
         batch_stats=variables["batch_stats"], opt_state=fields["tx"].init(variables["params"]),

@@ -4,6 +4,8 @@
   jtl strategy show CONFIG[:ARGS] [--config.FIELD=VALUE ...]
   jtl predict --checkpoint DIR IMAGE [IMAGE ...]
   jtl convert SRC DST      (SRC: HF folder or hub id, .pth, BiT .npz, jtl workdir; DST: a new workdir)
+  jtl sweep STUDY.py [--workdir DIR] [--print_commands]   run a study's grid (experiments/)
+  jtl report DIR           RESULTS.md and plots from a sweep's results.jsonl
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def main(argv: list[str] | None = None):
     print(f"wrote {argv[2]}: {meta['model']['name']}, {meta['model']['num_classes']} classes, "
           f"{meta['data']['image_size']} px")
     return
+  if argv[:1] == ["sweep"]:
+    from jtl import sweep
+    sys.exit(sweep.main(argv[1:]))
+  if argv[:1] == ["report"]:
+    from jtl import report
+    sys.exit(report.main(argv[1:]))
   if argv[:1] == ["predict"]:
     from jtl import predict
     try:

@@ -21,15 +21,49 @@ def parse_arg(arg: str | None, **defaults) -> dict:
       raise ValueError(f"unknown config argument {key!r}; this config takes "
                        f"{', '.join(sorted(defaults))}.")
     default = defaults[key]
-    if isinstance(default, bool):
-      out[key] = value.lower() in ("", "1", "true", "yes") if sep else True
-    elif isinstance(default, int):
-      out[key] = int(value)
-    elif isinstance(default, float):
-      out[key] = float(value)
-    else:
-      out[key] = value
+    try:
+      out[key] = _typed(value, default) if sep else _typed("true", default)
+    except ValueError:
+      kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
+      raise ValueError(f"config argument {key}={value!r} must be {kind}.") from None
   return out
+
+
+def _typed(value: str, default):
+  if isinstance(default, bool):
+    if value.lower() in ("", "1", "true", "yes"):
+      return True
+    if value.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(value)
+  if isinstance(default, int):
+    return int(value)
+  if isinstance(default, float):
+    return float(value)
+  return value
+
+
+def check(c) -> None:
+  """Refuses values no run can use, naming the field: call before any work is done.
+
+  >>> c = base_config(); c.optim.lr = -0.1; check(c)
+  Traceback (most recent call last):
+  ValueError: config field optim.lr=-0.1 must be > 0.
+  """
+  positive = {"optim.lr": c.optim.lr, "total_steps": c.total_steps,
+              "data.batch_size": c.data.batch_size, "data.eval_batch_size": c.data.eval_batch_size,
+              "data.image_size": c.data.image_size, "checkpoint_every": c.checkpoint_every,
+              "log_every": c.log_every}
+  if c.data.shots is not None:
+    positive["data.shots"] = c.data.shots
+  for field, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"config field {field}={value!r} must be > 0.")
+  for field, value in {"eval_every": c.eval_every, "data.val_per_class": c.data.val_per_class,
+                       "optim.weight_decay": c.optim.weight_decay,
+                       "optim.warmup_steps": c.optim.warmup_steps}.items():
+    if value < 0:
+      raise ValueError(f"config field {field}={value!r} must be >= 0.")
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -42,36 +42,61 @@ def _covered(paths: list[str], all_paths: list[str]) -> str:
   return ", ".join(out[:8]) + (f", … (+{len(out) - 8})" if len(out) > 8 else "")
 
 
-def describe(config) -> str:
-  model = models.get_model(config.model.name, num_classes=_num_classes(config),
-                           small_stem=config.model.small_stem, width=config.model.width)
+def _architecture(config) -> dict:
+  """The config's model, or for model.name="auto" the one its init checkpoint holds."""
+  if config.model.name != "auto":
+    return {k: config.model[k] for k in ("name", "small_stem", "width")}
+  from jtl import convert
+  meta = convert.load(config.init)[2] if config.init else {}
+  if not meta.get("model"):
+    raise ValueError("config.model.name='auto' takes the model from config.init, but "
+                     f"{config.init or 'config.init (empty)'} describes no model.")
+  m = meta["model"]
+  return {"name": m["name"], "small_stem": m.get("small_stem", False), "width": m.get("width", 1.0)}
+
+
+def resolve(config):
+  """Parameter shapes (no arrays) and the resolved strategy of `config`."""
+  arch = _architecture(config)
+  model = models.get_model(arch["name"], num_classes=_num_classes(config),
+                           small_stem=arch["small_stem"], width=arch["width"])
   size = config.data.image_size
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                           jnp.zeros((1, size, size, config.data.channels)))["params"]
   strat = strategy.resolve(config.strategy, shapes, config.total_steps)
+  for phase in strat.phases:   # Optimizer, schedule and BatchNorm settings are checked too.
+    optim.make_optimizer(config.optim, phase.labels, config.total_steps, phase.lr_mult,
+                         config.strategy.get("labels", {}))
+    strategy.bn_train_stages(phase.labels, config.strategy.bn)
+  return arch, shapes, strat
+
+
+def describe(config) -> str:
+  arch, shapes, strat = resolve(config)
   flat = tu.flatten_dict(shapes, sep="/")
   total = sum(int(np.prod(v.shape)) for v in flat.values())
-  lines = [f"strategy {strat.name} on {config.model.name} ({total:,} parameters), "
+  lines = [f"strategy {strat.name} on {arch['name']} ({total:,} parameters), "
            f"{config.total_steps} steps, optimizer {config.optim.name}, base lr {config.optim.lr}"
            + ("" if strat.pretrained else "; from a random init (source not loaded)")]
   for k, phase in enumerate(strat.phases):
-    tx = optim.make_optimizer(config.optim, phase.labels, config.total_steps, phase.lr_mult,
-                              config.strategy.get("labels", {}))
+    tx, hparams = optim.make_optimizer(config.optim, phase.labels, config.total_steps,
+                                       phase.lr_mult, config.strategy.get("labels", {}))
+    end = strat.phases[k + 1].start if k + 1 < len(strat.phases) else config.total_steps
     state_bytes = optim.state_bytes_per_label(jax.eval_shape(tx.init, shapes))
     bn = strategy.bn_train_stages(phase.labels, config.strategy.bn)
     lines += ["", f"phase {k}: from step {phase.start}; BatchNorm statistics update in "
               f"{', '.join(bn) or 'no stage'}",
-              f"  {'label':<10} {'params':>12} {'fraction':>9} {'lr':>10} {'wd':>8} "
+              f"  {'label':<10} {'params':>12} {'fraction':>9} {'peak lr':>10} {'wd':>8} "
               f"{'opt bytes':>11}  paths"]
     by_label = collections.defaultdict(list)
     for path, label in tu.flatten_dict(phase.labels, sep="/").items():
       by_label[label].append(path)
     for label, paths in sorted(by_label.items(), key=lambda kv: strategy.model_order(kv[1][0])):
       n = sum(int(np.prod(flat[p].shape)) for p in paths)
-      own = config.strategy.get("labels", {}).get(label, {})
-      frozen = label == strategy.FREEZE
-      lr = "-" if frozen else f"{config.optim.lr * phase.lr_mult.get(label, 1.0):.3g}"
-      wd = "-" if frozen else f"{own.get('weight_decay', config.optim.weight_decay):.3g}"
+      h = hparams.get(label)   # None for "freeze".
+      steps = np.arange(phase.start, max(end, phase.start + 1))
+      lr = "-" if h is None else f"{float(np.max(h.lr(steps))):.3g}"
+      wd = "-" if h is None else f"{h.weight_decay:.3g}"
       lines.append(f"  {label:<10} {n:>12,} {n / total:>9.1%} {lr:>10} {wd:>8} "
                    f"{state_bytes.get(label, 0):>11,}  {_covered(paths, list(flat))}")
   return "\n".join(lines)

@@ -1,10 +1,13 @@
 """Optimizers and learning-rate schedules, built from the `optim` config with optax.
 
->>> tx = make_optimizer(config.optim, labels, total_steps=1000)
+>>> tx, hparams = make_optimizer(config.optim, labels, total_steps=1000)
 >>> opt_state = tx.init(params)   # frozen parameters hold no state
+>>> hparams["train"].lr(0), hparams["train"].weight_decay   # what label "train" gets
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.traverse_util as tu
 import jax
@@ -53,37 +56,60 @@ def _direction(cfg) -> list[optax.GradientTransformation]:
   raise ValueError(f"config field optim.name is {name!r}; expected one of {', '.join(OPTIMIZERS)}.")
 
 
-def _for_label(cfg, total_steps: int, lr_mult: float, weight_decay: float, schedule: str):
+@dataclasses.dataclass(frozen=True)
+class LabelHparams:
+  """What one label is trained with: `lr(step)` (base lr x multiplier x schedule) and wd."""
+  lr: optax.Schedule
+  lr_mult: float
+  weight_decay: float
+  schedule: str
+
+
+def _for_label(cfg, h: LabelHparams) -> optax.GradientTransformation:
   train = [optax.clip_by_global_norm(float(cfg.clip_norm))] if cfg.get("clip_norm") else []
   # cfg.decay_all=True also decays BatchNorm scales/offsets and biases (frozen params never).
   mask = None if cfg.get("decay_all", False) else _decay_mask
-  decay = [optax.add_decayed_weights(weight_decay, mask=mask)] if weight_decay else []
+  decay = [optax.add_decayed_weights(h.weight_decay, mask=mask)] if h.weight_decay else []
   # SGD-style methods and LARS decay through the gradient (classic L2); adamw decouples it.
   train += _direction(cfg) + decay if cfg.name == "adamw" else decay + _direction(cfg)
-  lr = make_schedule(cfg, total_steps, schedule)
-  train.append(optax.scale_by_learning_rate(lambda step: lr(step) * lr_mult))
+  train.append(optax.scale_by_learning_rate(h.lr))
   return optax.chain(*train)
 
 
-def make_optimizer(cfg, labels, total_steps: int, lr_mult: dict | None = None,
-                   per_label: dict | None = None) -> optax.GradientTransformation:
-  """One optax transform per label; "freeze" gets `set_to_zero` (no state, no update).
+def label_hparams(cfg, labels, total_steps: int, lr_mult: dict | None = None,
+                  per_label: dict | None = None) -> dict[str, LabelHparams]:
+  """label -> its lr schedule and weight decay; the one place these are worked out.
 
   lr_mult: label -> multiplier of the base lr (default 1). per_label: label ->
   {"weight_decay": float, "schedule": name} overriding `cfg` for that label.
+  "freeze" gets no entry: it is never trained.
   """
   lr_mult, per_label = lr_mult or {}, per_label or {}
-  transforms = {}
-  for label in set(tu.flatten_dict(labels).values()):
-    if label == FREEZE:
-      transforms[label] = optax.set_to_zero()
-      continue
+  out = {}
+  for label in sorted(set(tu.flatten_dict(labels).values()) - {FREEZE}):
     own = per_label.get(label, {})
-    transforms[label] = _for_label(
-        cfg, total_steps, float(lr_mult.get(label, 1.0)),
-        float(own.get("weight_decay", cfg.get("weight_decay", 0.0))),
-        own.get("schedule", cfg.get("schedule", "constant")))
-  return optax.multi_transform(transforms, labels)
+    mult = float(lr_mult.get(label, 1.0))
+    schedule = own.get("schedule", cfg.get("schedule", "constant"))
+    base = make_schedule(cfg, total_steps, schedule)
+    out[label] = LabelHparams(lr=lambda step, base=base, mult=mult: base(step) * mult,
+                              lr_mult=mult, schedule=schedule,
+                              weight_decay=float(own.get("weight_decay", cfg.get("weight_decay", 0.0))))
+  return out
+
+
+def make_optimizer(cfg, labels, total_steps: int, lr_mult: dict | None = None,
+                   per_label: dict | None = None
+                   ) -> tuple[optax.GradientTransformation, dict[str, LabelHparams]]:
+  """One optax transform per label, and the per-label hyperparameters it was built from.
+
+  "freeze" gets `set_to_zero` (no state, no update). The trainer logs
+  `train/lr/<label>` and the dry run prints from the returned `LabelHparams`.
+  """
+  hparams = label_hparams(cfg, labels, total_steps, lr_mult, per_label)
+  transforms = {label: _for_label(cfg, h) for label, h in hparams.items()}
+  if FREEZE in set(tu.flatten_dict(labels).values()):
+    transforms[FREEZE] = optax.set_to_zero()
+  return optax.multi_transform(transforms, labels), hparams
 
 
 def transplant(old_state, new_state, step: int):

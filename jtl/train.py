@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jtl import checkpoint, convert, data, models, optim, strategy, writers
+from jtl import config as config_lib
 from jtl.regularizers import make_penalty_fn
 
 
@@ -140,14 +141,17 @@ def make_apply_fn(model, mean, std, bn_train: tuple[str, ...]) -> Forward:
                  tuple(bn_train))
 
 
-def phase_fields(config, model, phase, mean, std, loaded=frozenset(), has_source=False) -> dict:
-  """The static TrainState fields of one strategy phase: tx, frozen, apply_fn, penalty_fn."""
-  tx = optim.make_optimizer(config.optim, phase.labels, config.total_steps, phase.lr_mult,
-                            config.strategy.get("labels", {}))
+def phase_fields(config, model, phase, mean, std, loaded=frozenset(), has_source=False
+                 ) -> tuple[dict, dict[str, optim.LabelHparams]]:
+  """The static TrainState fields of one strategy phase (tx, frozen, apply_fn,
+  penalty_fn), and each trained label's lr schedule and weight decay."""
+  tx, hparams = optim.make_optimizer(config.optim, phase.labels, config.total_steps,
+                                     phase.lr_mult, config.strategy.get("labels", {}))
   bn_train = strategy.bn_train_stages(phase.labels, config.strategy.bn)
   apply_fn = make_apply_fn(model, mean, std, bn_train)
-  return dict(tx=tx, frozen=strategy.frozen_paths(phase.labels), apply_fn=apply_fn,
-              penalty_fn=make_penalty_fn(config.reg, phase.labels, loaded, apply_fn, has_source))
+  fields = dict(tx=tx, frozen=strategy.frozen_paths(phase.labels), apply_fn=apply_fn,
+                penalty_fn=make_penalty_fn(config.reg, phase.labels, loaded, apply_fn, has_source))
+  return fields, hparams
 
 
 def evaluate(eval_fn, state, source, cfg, put) -> dict:
@@ -198,13 +202,14 @@ class Preempted(Exception):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
   # ---- Setup ---------------------------------------------------------------
-  os.makedirs(workdir, exist_ok=True)
+  config_lib.check(config)
+  batch_size = config.data.batch_size
+  for field in ("batch_size", "eval_batch_size"):
+    if config.data[field] % jax.device_count():
+      raise ValueError(f"config field data.{field}={config.data[field]} must be divisible by "
+                       f"the {jax.device_count()} devices.")
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  batch_size = config.data.batch_size
-  if batch_size % jax.device_count():
-    raise ValueError(f"config field data.batch_size={batch_size} must be divisible by the "
-                     f"{jax.device_count()} devices.")
 
   def put(batch):
     return {k: jax.make_array_from_process_local_data(sharded, np.asarray(v))
@@ -249,16 +254,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   elif config.init:
     _log(f"strategy {strat.name}: training from a random init; {config.init} is not loaded")
 
-  def phase_state(k: int, state: TrainState | None, steps_done: int) -> TrainState:
-    """The state for phase k: its optimizer, frozen set, BatchNorm modes and penalties."""
-    fields = phase_fields(config, model, strat.phases[k], mean, std, loaded, source is not None)
+  def phase_state(k: int, state: TrainState | None, steps_done: int):
+    """The state for phase k (its optimizer, frozen set, BatchNorm modes and penalties),
+    and its labels' lr schedules for the log."""
+    fields, hparams = phase_fields(config, model, strat.phases[k], mean, std, loaded,
+                                   source is not None)
     if state is None:
       return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                         opt_state=fields["tx"].init(params), source=source,
-                        loss_fn=make_loss_fn(config.loss, num_classes), **fields)
+                        loss_fn=make_loss_fn(config.loss, num_classes), **fields), hparams
     opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
-    return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields)
+    return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields), hparams
 
+  os.makedirs(workdir, exist_ok=True)   # Only now: a refused config leaves no empty workdir.
   _write_model_json(workdir, config, arch, num_classes, train_src.class_names, mean, std)
 
   # ---- Resume ----------------------------------------------------------------
@@ -266,24 +274,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   latest = mgr.latest_step()
   # A checkpoint at step s holds the optimizer of the phase that ran step s.
   phase = strat.phase_at(max((latest or 0) - 1, 0))
-  state = jax.device_put(phase_state(phase, None, 0), replicated)
+  state, hparams = phase_state(phase, None, 0)
+  state = jax.device_put(state, replicated)
   if latest is not None:
     state = checkpoint.restore(mgr, state, train_iter)
     _log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
   start = int(jax.device_get(state.step))
-  done = os.path.join(workdir, "summary.json")
-  if start >= config.total_steps and os.path.exists(done):
-    _log(f"{workdir} already finished; its summary.json stands")  # Lets studies resume cheaply.
-    mgr.close()
-    with open(done) as f:
-      return json.load(f)
   writer = writers.MetricWriter(workdir, resume_step=start if start else None)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
   p_train = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
-  lr = optim.make_schedule(config.optim, config.total_steps)  # The base lr, for the log.
   p_eval = jax.jit(eval_step, out_shardings=replicated)
 
   # ---- Train loop -------------------------------------------------------------
@@ -294,7 +296,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      total=config.total_steps, desc="train", disable=not _show(config)):
       if strat.phase_at(step - 1) != phase:
         phase = strat.phase_at(step - 1)
-        state = phase_state(phase, state, step - 1)
+        state, hparams = phase_state(phase, state, step - 1)
         _log(f"step {step}: phase {phase} of {strat.name} "
              f"({len(state.frozen)} frozen parameter arrays)")
         writer.write(step, {"strategy/phase": phase})
@@ -310,8 +312,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"loss became {metrics['loss']} at step {step}; stopped. The last good checkpoint "
               f"({'step ' + str(good) if good is not None else 'none yet'}) is kept in "
               f"{os.path.join(workdir, checkpoint.CHECKPOINTS)}.")
+        # Each label's lr as its optimizer applies it at this step (optax counts from 0).
         writer.write(step, {f"train/{k}": v for k, v in metrics.items()} | {
-            "train/lr": float(lr(step - 1)),
+            f"train/lr/{label}": float(h.lr(step - 1)) for label, h in hparams.items()} | {
             "train/images_per_sec": images_seen / (time.time() - t0)})
       if splits.get("val") is not None and (
           is_last or (config.eval_every and step % config.eval_every == 0)):

@@ -20,13 +20,19 @@ def run_main(*args, workdir):
     (["--config=configs/source.py:modle=resnet18"], "unknown config argument 'modle'"),
     (["--config=configs/source.py:dataset=no_such_dataset"], "unknown dataset 'no_such_dataset'"),
     (["--config=configs/no_such_config.py"], "config file configs/no_such_config.py does not exist"),
+    (["--config=configs/transfer.py", "--config.optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
+    (["--config=configs/transfer.py:shots=-3"], "data.shots=-3 must be > 0"),
+    (["--config=configs/transfer.py:steps=-5"], "total_steps=-5 must be > 0"),
+    (["--config=configs/transfer.py:small_stem=maybe"], "small_stem='maybe' must be true or false"),
 ])
 def test_bad_input_fails_with_one_sentence(args, expected, tmp_path):
+  tmp_path = tmp_path / "run"
   result = run_main(*args, workdir=tmp_path)
   assert result.returncode == 2, result.stderr
   lines = [l for l in result.stderr.splitlines() if l.startswith("jtl: error:")]
   assert len(lines) == 1 and expected in lines[0], result.stderr
   assert "Traceback" not in result.stderr
+  assert not tmp_path.exists()   # Refused before any work.
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jtl import checkpoint, models, optim, strategy, train
+from jtl import checkpoint, models, optim, strategy, train, writers
 from jtl.config import base_config
 
 from test_train import tiny_config
@@ -38,8 +38,8 @@ def config_for(name, **reg):
 def make_state(config, phase=0, source=None):
   strat = strategy.resolve(config.strategy, PARAMS, config.total_steps)
   loaded = frozenset(strategy.param_paths(PARAMS)) - {"head/kernel", "head/bias"}
-  fields = train.phase_fields(config, MODEL, strat.phases[phase], MEAN, STD, loaded,
-                              has_source=source is not None)
+  fields, _ = train.phase_fields(config, MODEL, strat.phases[phase], MEAN, STD, loaded,
+                                 has_source=source is not None)
   return train.TrainState(
       step=jnp.zeros((), jnp.int32), params=PARAMS, batch_stats=STATS,
       opt_state=fields["tx"].init(PARAMS), loss_fn=train.make_loss_fn(config.loss, 3),
@@ -180,7 +180,7 @@ def test_transplant_keeps_the_state_of_parameters_that_stay_trainable():
   c = config_for("lp_ft")
   state, strat = make_state(c)
   state, _ = run_steps(state, steps=2)
-  new = train.phase_fields(c, MODEL, strat.phases[1], MEAN, STD)
+  new, _ = train.phase_fields(c, MODEL, strat.phases[1], MEAN, STD)
   moved = optim.transplant(state.opt_state, new["tx"].init(state.params), step=2)
   def trace(opt_state, param):  # The momentum buffer of one parameter.
     suffix = "".join(f"['{k}']" for k in param.split("/"))
@@ -214,6 +214,26 @@ def test_lp_ft_switches_phase_at_the_configured_step(tmp_path, monkeypatch):
   assert moved[0] == {"head"}                                     # step 2: linear probe
   assert moved[1] == moved[2] == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
   assert len(traces) == 2  # One compile per phase.
+  # The logged lr is base lr x the phase's multiplier x the schedule, label by label.
+  base = optim.make_schedule(c.optim, c.total_steps)
+  rows = {r["step"]: r for r in writers.read_metrics(str(tmp_path)) if "train/loss" in r}
+  for step, mult in [(1, 1.0), (2, 1.0), (3, 0.1), (4, 0.1)]:
+    assert rows[step]["train/lr/train"] == pytest.approx(float(base(step - 1)) * mult, rel=1e-6)
+    assert "train/lr/freeze" not in rows[step]
+
+
+def test_discriminative_logs_each_stage_lr(tmp_path):
+  c = tiny_config(**{"strategy.name": "discriminative:0.5", "total_steps": 3,
+                     "optim.schedule": "warmup_cosine", "optim.warmup_steps": 1})
+  train.train_and_evaluate(c, str(tmp_path))
+  base = optim.make_schedule(c.optim, c.total_steps)
+  rows = [r for r in writers.read_metrics(str(tmp_path)) if "train/loss" in r]
+  assert len(rows) == 3
+  for r in rows:
+    for k, stage in enumerate(["head", "stage4", "stage3", "stage2", "stage1", "stem"]):
+      assert r[f"train/lr/{stage}"] == pytest.approx(float(base(r["step"] - 1)) * 0.5 ** k,
+                                                     rel=1e-6)
+  assert rows[-1]["train/lr/stem"] > 0
 
 
 def test_gradual_unfreeze_adds_one_stage_per_phase_top_down(tmp_path):
@@ -235,7 +255,7 @@ def test_weight_decay_skips_norms_and_biases_unless_asked(decay_all):
   c = config_for("norm_only")   # Trains head and BatchNorm scales/offsets.
   c.optim.update(name="sgd", weight_decay=0.5, decay_all=decay_all)
   labels = strategy.resolve(c.strategy, PARAMS, 6).phases[0].labels
-  tx = optim.make_optimizer(c.optim, labels, 6)
+  tx, _ = optim.make_optimizer(c.optim, labels, 6)
   zeros = jax.tree.map(jnp.zeros_like, PARAMS)
   updates = flat(tx.update(zeros, tx.init(PARAMS), PARAMS)[0])
   assert np.any(updates["head/kernel"])

@@ -55,7 +55,10 @@ def detect_format(src: str) -> str:
                      "a BiT .npz, a Hugging Face folder or a jtl workdir.")
   if re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith("."):
     return "huggingface"  # A hub id such as microsoft/resnet-50.
-  raise FileNotFoundError(f"{src} does not exist.")
+  raise FileNotFoundError(
+      f"{src} does not exist; a source model comes from ./launch.sh experiments/seed_transfer.py "
+      "(it leaves one in runs/seed_transfer/source/run) or ./launch.sh configs/source.py "
+      "--workdir DIR, or give a checkpoint (hf:, torchvision:, bit:).")
 
 
 def _load_jtl(workdir: str):

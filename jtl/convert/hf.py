@@ -102,7 +102,7 @@ def resolve(src: str) -> str:
                             "like microsoft/resnet-50.")
   import huggingface_hub  # pylint: disable=import-outside-toplevel
   offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") \
-      or huggingface_hub.constants.HF_HUB_OFFLINE
+      or bool(getattr(getattr(huggingface_hub, "constants", None), "HF_HUB_OFFLINE", False))
   try:
     folder = huggingface_hub.snapshot_download(
         src, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"],

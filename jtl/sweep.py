@@ -1,0 +1,420 @@
+r"""Sweeps as data: a study declares stages of config grids; the runner runs each cell once.
+
+A study is one Python file (see experiments/) with
+
+  STUDY = sweep.Study(
+      name="seed_transfer",
+      stages=(
+          sweep.Stage("source", "configs/source.py", grid=sweep.seeds(3)),
+          sweep.Stage("target", "configs/transfer.py:shots=5",
+                      grid=sweep.product(
+                          sweep.options("strategy", {"scratch": {"strategy.name": "scratch"},
+                                                     "l2_sp": {"strategy.name": "full_finetune",
+                                                               "reg.l2_sp": 0.01}}),
+                          sweep.axis("optim.lr", [0.01, 0.1]),
+                          sweep.seeds(3)),
+                      fixed={"init": "{root}/source/seed={seed}"}),
+      ),
+      report=sweep.Report(stage="target", compare="strategy", select="lr", baseline="scratch"))
+
+A grid is a list of points; `axis`, `options` and `seeds` make one-axis grids,
+`product` and `zipit` combine them (big_vision's `hyper.product` / `hyper.zipit`
+in spirit). A point sets config fields ("optim.lr"); each axis has a short name
+("lr") that names the cell's workdir, `ROOT/STAGE/lr=0.1,seed=0`, and the columns of
+results.jsonl. String values may refer to the cell's other axes and to `{root}`.
+
+Everything is validated before the first cell runs: unknown fields, values the
+config refuses, unknown strategies and bad rules fail naming the cell and field.
+
+  ./launch.sh sweep experiments/seed_transfer.py [--workdir DIR] [--print_commands]
+
+A cell with a summary.json is finished and skipped; an interrupted one resumes
+from its checkpoint. Each finished cell appends one row to DIR/results.jsonl, and
+`jtl report DIR` turns that file into DIR/RESULTS.md and plots (jtl/report.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = "results.jsonl"
+STUDY_JSON = "study.json"
+SUMMARY = "summary.json"
+
+
+# ---------------------------------------------------------------------------
+# Declaring a grid.
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One grid point: short axis names -> shown values, and config fields -> values."""
+  labels: Mapping[str, Any]
+  fields: Mapping[str, Any]
+
+
+def short_name(field: str) -> str:
+  """"optim.lr" -> "lr", "strategy.name" -> "strategy", "seed" -> "seed"."""
+  parts = field.split(".")
+  return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
+def axis(field: str, values: Sequence, name: str | None = None) -> list[Point]:
+  """One config field over `values`: `axis("optim.lr", [0.01, 0.1])`."""
+  name = name or short_name(field)
+  return [Point({name: v}, {field: v}) for v in values]
+
+
+def options(name: str, choices: Mapping[str, Mapping[str, Any]]) -> list[Point]:
+  """Named bundles of fields: `options("strategy", {"l2_sp": {"strategy.name": ..., "reg.l2_sp": 0.01}})`."""
+  return [Point({name: label}, dict(fields)) for label, fields in choices.items()]
+
+
+def seeds(n_or_list: int | Sequence[int]) -> list[Point]:
+  """The `seed` axis: `seeds(5)` is seeds 0..4."""
+  values = range(n_or_list) if isinstance(n_or_list, int) else n_or_list
+  return axis("seed", list(values))
+
+
+def _merge(points: Sequence[Point]) -> Point:
+  labels, fields = {}, {}
+  for p in points:
+    for k in p.labels:
+      if k in labels:
+        raise ValueError(f"sweep axis {k!r} appears twice in one grid.")
+    labels |= p.labels
+    fields |= p.fields
+  return Point(labels, fields)
+
+
+def product(*grids: Sequence[Point]) -> list[Point]:
+  """Every combination, the last grid varying fastest."""
+  return [_merge(ps) for ps in itertools.product(*grids)]
+
+
+def zipit(*grids: Sequence[Point]) -> list[Point]:
+  """Grids of equal length, taken side by side."""
+  if len({len(g) for g in grids}) > 1:
+    raise ValueError(f"zipit needs grids of equal length, got {[len(g) for g in grids]}.")
+  return [_merge(ps) for ps in zip(*grids)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A config (path[:arg]) and the grid of cells run from it; `fixed` fields apply to all."""
+  name: str
+  config: str
+  grid: Sequence[Point] = (Point({}, {}),)
+  fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """How `jtl report` reads a stage's results.
+
+  compare: the axis whose values are compared (e.g. "strategy"); select: an axis
+  chosen per compared value on mean validation accuracy (e.g. "lr"), or None; by:
+  axes that split the table (e.g. ("shots",)); baseline: the compared value that
+  paired differences are taken against; reference: instead of a baseline, a stage
+  (e.g. a base model trained on the target alone) whose cells are paired by seed; x:
+  an axis to plot accuracy against.
+  """
+  stage: str
+  compare: str
+  baseline: str | None = None
+  reference: str | None = None
+  select: str | None = None
+  by: tuple[str, ...] = ()
+  x: str | None = None
+  title: str = ""
+  notes: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  name: str
+  stages: Sequence[Stage]
+  report: Report | None = None
+  budget: str = ""          # The time this study takes on the machine it was sized for.
+
+
+# ---------------------------------------------------------------------------
+# Cells: a stage's grid points as configs with workdirs.
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class Cell:
+  stage: str
+  name: str             # "strategy=scratch,lr=0.1,seed=0"
+  labels: dict
+  fields: dict          # Config field -> value, fixed fields included, templates filled.
+  config: str           # path[:arg] of the base config.
+  workdir: str
+
+  @property
+  def finished(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, SUMMARY))
+
+
+def _fmt(value) -> str:
+  text = f"{value:g}" if isinstance(value, float) else str(value)
+  return text.replace("/", "_").replace(":", "-").replace(" ", "")
+
+
+def cells(study: Study, root: str) -> list[Cell]:
+  """Every cell of every stage, in run order, with templates filled in."""
+  out = []
+  for stage in study.stages:
+    seen = set()
+    for point in stage.grid:
+      name = ",".join(f"{k}={_fmt(v)}" for k, v in point.labels.items()) or "run"
+      if name in seen:
+        raise ValueError(f"stage {stage.name!r}: two grid points are both named {name!r}.")
+      seen.add(name)
+      env = {"root": root, **{k: _fmt(v) for k, v in point.labels.items()}}
+      fields = {}
+      for field, value in {**stage.fixed, **point.fields}.items():
+        if isinstance(value, str):
+          try:
+            value = value.format(**env)
+          except KeyError as e:
+            raise ValueError(f"stage {stage.name!r}: field {field}={value!r} refers to "
+                             f"{{{e.args[0]}}}, which is not an axis of this grid "
+                             f"({', '.join(point.labels) or 'none'}) nor root.") from None
+        fields[field] = value
+      out.append(Cell(stage.name, name, dict(point.labels), fields, stage.config,
+                      os.path.join(root, stage.name, name)))
+  return out
+
+
+def load_config(spec: str):
+  """`configs/transfer.py:arg` -> the ConfigDict, the path found relative to . or the repo."""
+  path, _, arg = spec.partition(":")
+  found = next((p for p in (path, os.path.join(ROOT, path)) if os.path.isfile(p)), None)
+  if found is None:
+    raise FileNotFoundError(f"config file {path} does not exist (looked in {os.getcwd()} and {ROOT}).")
+  module = _import_file(found, "jtl_config_" + os.path.basename(path)[:-3])
+  return module.get_config(arg or None)
+
+
+def _import_file(path: str, name: str):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def cell_config(cell: Cell):
+  """The cell's resolved config; a field the config does not have, or a wrong type, fails here."""
+  config = load_config(cell.config)
+  config.lock()
+  for field, value in cell.fields.items():
+    try:
+      _set(config, field, value)
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+      raise ValueError(f"sweep cell {cell.stage}/{cell.name}: config field {field!r} = {value!r} "
+                       f"is refused by {cell.config}: {_first_line(e)}") from None
+  return config
+
+
+def _set(config, field: str, value) -> None:
+  *parents, leaf = field.split(".")
+  target = config
+  for p in parents:
+    target = target[p]
+  if leaf not in target:
+    raise KeyError(f"no field {leaf!r} in {'.'.join(parents) or 'the config'}")
+  if isinstance(value, list):
+    value = tuple(value)
+  target[leaf] = value
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return (text.strip().splitlines() or [type(e).__name__])[0]
+
+
+def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
+  """Every cell's config, checked (fields, values, strategy rules) before anything runs."""
+  from jtl import config as config_lib, dry_run  # JAX is imported only here.
+  out = []
+  for cell in cells(study, root):
+    config = cell_config(cell)
+    try:
+      config_lib.check(config)
+      dry_run.resolve(config)
+    except ValueError as e:
+      raise ValueError(f"sweep cell {cell.stage}/{cell.name}: {_first_line(e)}") from None
+    out.append((cell, config))
+  if study.report:
+    names = {k for c, _ in out if c.stage == study.report.stage for k in c.labels}
+    wanted = [study.report.compare, study.report.select, study.report.x, *study.report.by]
+    missing = [w for w in wanted if w and w not in names]
+    stages = {s.name for s in study.stages}
+    if study.report.stage not in stages or missing or study.report.reference not in stages | {None}:
+      raise ValueError(f"study {study.name}: report names stage {study.report.stage!r} and "
+                       f"axes {missing or wanted}, which its grid does not have.")
+  return out
+
+
+def command(cell: Cell) -> str:
+  """The one-run command line that trains this cell, for a cluster queue."""
+  def value(v):
+    return repr(tuple(v)) if isinstance(v, (list, tuple)) else str(v)
+  overrides = " ".join(shlex.quote(f"--config.{k}={value(v)}") for k, v in cell.fields.items())
+  return f"./launch.sh {shlex.quote(cell.config)} {overrides} --workdir {shlex.quote(cell.workdir)}"
+
+
+# ---------------------------------------------------------------------------
+# Running.
+# ---------------------------------------------------------------------------
+def result_row(cell: Cell, summary: dict) -> dict:
+  keep = ("val_accuracy", "best_val_accuracy", "best_val_step", "test_accuracy", "test_loss",
+          "train_time_s", "images_per_sec", "trainable_params", "total_params",
+          "optimizer_state_bytes", "steps", "train_examples", "test_examples")
+  return {"stage": cell.stage, "cell": cell.name, **cell.labels, "fields": cell.fields,
+          **{k: summary.get(k) for k in keep}, "workdir": cell.workdir}
+
+
+def read_results(root: str) -> list[dict]:
+  path = os.path.join(root, RESULTS)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _append_result(root: str, row: dict) -> None:
+  with open(os.path.join(root, RESULTS), "a") as f:
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def provenance(argv: Sequence[str]) -> dict:
+  """What a table needs to be traced back: command, date, commit, versions, device."""
+  import jax
+  import jaxlib
+  try:
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True,
+                            capture_output=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                           text=True, capture_output=True).stdout.strip()
+    commit += " (with uncommitted changes)" if dirty else ""
+  except (OSError, subprocess.CalledProcessError):
+    commit = "unknown"
+  device = jax.devices()[0]
+  return {"command": " ".join(shlex.quote(a) for a in argv),
+          "date": datetime.datetime.now().isoformat(timespec="seconds"),
+          "commit": commit, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})",
+          "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"}
+
+
+def enable_compilation_cache(root: str) -> str:
+  """A persistent XLA cache shared by a sweep's cells, so equal steps compile once."""
+  import jax
+  path = os.environ.get("JTL_COMPILATION_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "jtl", "xla")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
+def run(study: Study, root: str, *, print_commands: bool = False, log=print) -> list[dict]:
+  """Runs every unfinished cell of `study` under `root`; returns results.jsonl's rows."""
+  checked = validate(study, root)
+  todo = [(c, cfg) for c, cfg in checked if not c.finished]
+  if print_commands:
+    for cell, _ in todo:
+      print(command(cell))
+    return read_results(root)
+  from jtl import train
+  os.makedirs(root, exist_ok=True)
+  enable_compilation_cache(root)
+  _write_study_json(study, root, sys.argv)
+  recorded = {(r["stage"], r["cell"]) for r in read_results(root)}
+  log(f"jtl sweep {study.name}: {len(checked)} cells, {len(checked) - len(todo)} finished, "
+      f"{len(todo)} to run, in {root}" + (f" (budget: {study.budget})" if study.budget else ""))
+  t0, ran = time.time(), 0
+  for i, (cell, config) in enumerate(checked, 1):
+    if not cell.finished:
+      eta = (f", ~{(time.time() - t0) / ran * (len(todo) - ran) / 60:.0f} min left" if ran else "")
+      log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
+      train.train_and_evaluate(config, cell.workdir)
+      ran += 1
+    if (cell.stage, cell.name) not in recorded:
+      with open(os.path.join(cell.workdir, SUMMARY)) as f:
+        _append_result(root, result_row(cell, json.load(f)))
+      recorded.add((cell.stage, cell.name))
+  return read_results(root)
+
+
+def _write_study_json(study: Study, root: str, argv: Sequence[str]) -> None:
+  path = os.path.join(root, STUDY_JSON)
+  previous = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+  meta = {"name": study.name, "budget": study.budget,
+          "report": dataclasses.asdict(study.report) if study.report else None,
+          "stages": [{"name": s.name, "config": s.config, "fixed": dict(s.fixed)}
+                     for s in study.stages],
+          "runs": previous.get("runs", []) + [provenance(argv)]}
+  with open(path, "w") as f:
+    json.dump(meta, f, indent=2, default=str)
+
+
+def load_study(path: str) -> Study:
+  """The `STUDY` of a study file."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"study file {path} does not exist; expected e.g. "
+                            "experiments/seed_transfer.py.")
+  module = _import_file(path, "jtl_study_" + os.path.basename(path)[:-3])
+  study = getattr(module, "STUDY", None)
+  if not isinstance(study, Study):
+    raise ValueError(f"{path} declares no STUDY = jtl.sweep.Study(...).")
+  return study
+
+
+def main(argv: Sequence[str] | None = None, study: Study | None = None) -> int:
+  """`jtl sweep STUDY.py [--workdir DIR] [--print_commands] [--no_report]`."""
+  import argparse
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="jtl sweep", description="Run a study's grid of cells.")
+  if study is None:
+    parser.add_argument("study", help="a study file, e.g. experiments/seed_transfer.py")
+  parser.add_argument("--workdir", help="where cells, results.jsonl and RESULTS.md go "
+                      "(default runs/STUDY_NAME)")
+  parser.add_argument("--print_commands", action="store_true",
+                      help="print one ./launch.sh line per unfinished cell and exit")
+  parser.add_argument("--no_report", action="store_true", help="do not write RESULTS.md")
+  args = parser.parse_args(argv)
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  from jtl import report
+  try:
+    study = study or load_study(args.study)
+    root = args.workdir or os.path.join("runs", study.name)
+    run(study, root, print_commands=args.print_commands)
+  except (ValueError, FileNotFoundError) as e:
+    if os.environ.get("JTL_TRACEBACK"):
+      raise
+    print(f"jtl: error: {_first_line(e)}", file=sys.stderr)
+    return 2
+  if not args.print_commands and not args.no_report and study.report:
+    text = report.write_report(root)
+    print("\n" + text)
+    print(f"\nwrote {os.path.join(root, report.RESULTS_MD)} and its plots")
+  return 0
