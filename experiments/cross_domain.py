@@ -14,17 +14,8 @@ import sys
 
 from jtl import sweep
 
-SEEDS = 3
-SOURCE = "{root}/source/run"
-STRATEGIES = {
-    "scratch": {"strategy.name": "scratch", "optim.lr": 0.01, "init": ""},
-    "linear_probe": {"strategy.name": "linear_probe", "optim.lr": 0.3, "init": SOURCE},
-    "partial:2": {"strategy.name": "partial:2", "optim.lr": 0.1, "init": SOURCE},
-    "full_finetune": {"strategy.name": "full_finetune", "optim.lr": 0.03, "init": SOURCE},
-    "lp_ft": {"strategy.name": "lp_ft", "optim.lr": 0.03, "init": SOURCE},
-    "l2_sp": {"strategy.name": "full_finetune", "reg.l2_sp": 0.01, "optim.lr": 0.03,
-              "init": SOURCE},
-}
+from strategy_ablation import SEEDS, STRATEGIES  # The same strategies, lrs and seeds.
+
 SCHEDULE = {1: (60, 10), 5: (100, 50), 10: (100, 50)}   # shots -> (steps, batch)
 
 STUDY = sweep.Study(
@@ -33,14 +24,8 @@ STUDY = sweep.Study(
     stages=(
         sweep.Stage("source", "configs/source.py:classes=all", fixed={"progress": False}),
         sweep.Stage("target", "configs/transfer.py:dataset=digits,classes=all",
-                    grid=sweep.product(
-                        sweep.zipit(sweep.axis("data.shots", list(SCHEDULE)),
-                                    sweep.axis("total_steps", [s for s, _ in SCHEDULE.values()],
-                                               name="steps"),
-                                    sweep.axis("data.batch_size", [b for _, b in SCHEDULE.values()],
-                                               name="batch")),
-                        sweep.options("strategy", STRATEGIES),
-                        sweep.seeds(SEEDS)),
+                    grid=sweep.product(sweep.schedule(SCHEDULE),
+                                       sweep.options("strategy", STRATEGIES), sweep.seeds(SEEDS)),
                     fixed={"progress": False, "data.val_per_class": 10}),
     ),
     report=sweep.Report(

@@ -7,6 +7,10 @@ for each strategy at lr in {0.01, 0.03, 0.1, 0.3}, on seeds 100 and 101 (kept ap
 from the main study's seeds 0-9). The report picks, per strategy, the lr with the
 best mean validation accuracy; seed_transfer.py fixes those. Two seeds give wide
 test intervals: this study chooses, it does not compare.
+
+The committed experiments/seed_transfer_lr/RESULTS.md was made by this file under its
+first name (seed_transfer_tune, run from /tmp), with its source stage filled by an
+earlier run of configs/source.py's defaults on the same machine.
 """
 
 import sys

@@ -39,14 +39,8 @@ STUDY = sweep.Study(
     stages=(
         sweep.Stage("source", "configs/source.py", fixed={"progress": False}),
         sweep.Stage("target", "configs/transfer.py",
-                    grid=sweep.product(
-                        sweep.zipit(sweep.axis("data.shots", list(SCHEDULE)),
-                                    sweep.axis("total_steps", [s for s, _ in SCHEDULE.values()],
-                                               name="steps"),
-                                    sweep.axis("data.batch_size", [b for _, b in SCHEDULE.values()],
-                                               name="batch")),
-                        sweep.options("strategy", STRATEGIES),
-                        sweep.seeds(SEEDS)),
+                    grid=sweep.product(sweep.schedule(SCHEDULE),
+                                       sweep.options("strategy", STRATEGIES), sweep.seeds(SEEDS)),
                     fixed={"progress": False, "checkpoint_every": 200}),
     ),
     report=sweep.Report(

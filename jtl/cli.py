@@ -6,10 +6,12 @@
   jtl convert SRC DST      (SRC: HF folder or hub id, .pth, BiT .npz, jtl workdir; DST: a new workdir)
   jtl sweep STUDY.py [--workdir DIR] [--print_commands]   run a study's grid (experiments/)
   jtl report DIR           RESULTS.md and plots from a sweep's results.jsonl
+  jtl list                 strategies, datasets, models and checkpoint formats
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = __doc__.split("\n", 2)[2]
@@ -33,6 +35,12 @@ def main(argv: list[str] | None = None):
     print(f"wrote {argv[2]}: {meta['model']['name']}, {meta['model']['num_classes']} classes, "
           f"{meta['data']['image_size']} px")
     return
+  if argv[:1] == ["list"]:
+    print(listing())
+    return
+  if argv[:1] in (["--help"], ["-h"], ["help"]):
+    print(f"usage:\n{USAGE}")
+    return
   if argv[:1] == ["sweep"]:
     from jtl import sweep
     sys.exit(sweep.main(argv[1:]))
@@ -47,6 +55,36 @@ def main(argv: list[str] | None = None):
       run.fail(run.first_line(e))
   print(f"usage:\n{USAGE}", file=sys.stderr)
   sys.exit(2)
+
+
+def _tfds_prepared() -> list[str]:
+  """TFDS datasets already prepared in the local data dir (no download needed)."""
+  root = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+  if not os.path.isdir(root):
+    return []
+  return sorted(d for d in os.listdir(root) if any(
+      "dataset_info.json" in files for _, _, files in os.walk(os.path.join(root, d))))
+
+
+def listing() -> str:
+  """What `jtl list` prints: everything a config can name."""
+  from jtl import models, strategy
+  from jtl.convert.export import PREFIXES
+  lines = ["strategies (strategy=NAME):"]
+  lines += [f"  {k:<18} {v}" for k, v in strategy.DESCRIPTIONS.items()]
+  lines += ["  (or --config.strategy.rules=\"(('head/.*','train'),('.*','freeze'))\")", "",
+            "datasets (dataset=NAME):",
+            "  fashion_mnist      Fashion-MNIST from Debian's dataset-fashion-mnist (else TFDS)",
+            "  digits             scikit-learn's 8x8 digits (1437 train / 360 test)",
+            "  folder:PATH        an ImageFolder tree, PATH/<class>/<image> or PATH/train + PATH/test",
+            "  TFDS_NAME          any TFDS dataset; prepared here: "
+            + (", ".join(_tfds_prepared()) or "none")]
+  lines += ["", "models (model=NAME):", "  " + ", ".join(models.MODELS) + "; BiT: "
+            + ", ".join(models.BIT_MODELS) + "; auto (the init checkpoint's)"]
+  lines += ["", "checkpoint formats (init=...):",
+            "  DIR                a jtl workdir (a source run, or jtl convert's output)"]
+  lines += [f"  {p + ':PATH':<18} {fmt}" for p, fmt in PREFIXES.items()]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

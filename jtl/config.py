@@ -124,6 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def first_line(e: BaseException) -> str:
+  """The first line of an error's message (a KeyError's without its quotes)."""
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return (text.strip().splitlines() or [type(e).__name__])[0]
+
+
 def parse_classes(spec: str) -> tuple[int, ...] | None:
   """"0-4" -> (0, 1, 2, 3, 4); "1+3+7-9" -> (1, 3, 7, 8, 9); "all" or "" -> None."""
   if spec in ("", "all"):

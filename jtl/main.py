@@ -2,7 +2,9 @@
 
 `launch.sh CONFIG[:ARGS] [--config.field=value …] --workdir DIR` wraps this.
 Errors a user can fix (a bad config field, a missing file, a checkpoint that does
-not fit) end in one sentence on stderr; set JTL_TRACEBACK=1 for the full trace.
+not fit, a workdir that cannot be written) end in one sentence on stderr; --verbose
+(or JTL_TRACEBACK=1) shows the full trace. `--help` after a config prints the config's
+docstring, its arguments with their defaults, and its fields.
 """
 
 from __future__ import annotations
@@ -15,11 +17,20 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
+from jtl.config import first_line
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg string].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print what the strategy trains and exit.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, flags.Error)
+# OSError: a workdir that is a file, not writable, or a full disk; its message names the path.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, OSError, flags.Error)
+
+
+def verbose(argv=()) -> bool:
+  return bool(os.environ.get("JTL_TRACEBACK")) or "--verbose" in argv or (
+      flags.FLAGS.is_parsed() and _VERBOSE.value)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -29,12 +40,17 @@ def fail(message: str, code: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
   argv = sys.argv if argv is None else argv
+  if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+    print(config_help(argv))
+    sys.exit(0)
   config = parse_config(argv)
   if _DRY_RUN.value:
     from jtl import dry_run
     try:
       print(dry_run.describe(config))
     except USER_ERRORS as e:
+      if verbose(argv):
+        raise
       fail(first_line(e))
     return {}
   if not _WORKDIR.value:
@@ -46,15 +62,58 @@ def main(argv: list[str] | None = None) -> dict:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
   except train.Preempted as e:
     print(f"jtl: {e}", file=sys.stderr)
-    sys.exit(143)
+    sys.exit(e.code)
+  except KeyboardInterrupt:   # A second Ctrl-C, or one before training started.
+    if verbose(argv):
+      raise
+    print("jtl: interrupted; rerun the same command to resume from the last checkpoint.",
+          file=sys.stderr)
+    sys.exit(130)
   except FloatingPointError as e:
     fail(str(e), code=1)
   except USER_ERRORS as e:
-    if os.environ.get("JTL_TRACEBACK"):
+    if verbose(argv):
       raise
-    fail(first_line(e))
+    fail(os_error(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
+         else first_line(e))
   print(json.dumps(summary, indent=2))
   return summary
+
+
+def os_error(e: OSError) -> str:
+  """"cannot write runs/x: Permission denied" rather than errno soup."""
+  what = {17: "is a file, not a folder", 20: "is a file, not a folder"}.get(e.errno, e.strerror)
+  return f"cannot use {e.filename}: {what or e}; choose another --workdir or free the space."
+
+
+def config_help(argv: list[str]) -> str:
+  """The config's docstring, arguments with defaults and fields, for `CONFIG --help`."""
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if not spec:
+    return __doc__
+  path = spec.split(":", 1)[0]
+  if not os.path.isfile(path):
+    fail(f"config file {path} does not exist; expected e.g. configs/transfer.py[:ARGS].")
+  from jtl.sweep import import_file, load_config
+  module = import_file(path, "jtl_help_config")
+  try:
+    config = load_config(spec)
+  except ValueError as e:
+    fail(f"the config file refused its arguments: {first_line(e)}")
+  import inspect
+  src = inspect.getsource(module.get_config)
+  args = re.search(r"parse_arg\(arg,(.*?)\)\n", src, re.S)
+  lines = [(module.__doc__ or "").strip(), ""]
+  if args:
+    lines += ["Arguments (CONFIG:k=v,k2=v2), with defaults:",
+              "  " + " ".join(args[1].split()), ""]
+  lines += ["Fields (--config.FIELD=VALUE), with values:"]
+  lines += [f"  {k} = {v!r}" for k, v in sorted(config.to_dict().items()) if not isinstance(v, dict)]
+  for k, v in sorted(config.to_dict().items()):
+    if isinstance(v, dict):
+      lines += [f"  {k}.{kk} = {vv!r}" for kk, vv in sorted(v.items())]
+  lines += ["", "Flags: --workdir DIR (required), --dry_run (what the strategy trains), --verbose."]
+  return "\n".join(lines)
 
 
 def parse_config(argv: list[str]):
@@ -74,7 +133,7 @@ def parse_config(argv: list[str]):
   except SystemExit:
     raise
   except Exception as e:  # ml_collections and absl raise many types; say one thing.
-    if os.environ.get("JTL_TRACEBACK"):
+    if verbose(argv):
       raise
     fail(_config_error(e))
 
@@ -96,11 +155,6 @@ def _config_error(e: BaseException) -> str:
       return f"unknown config field {guess[2]!r} (did you mean {guess[1]!r}?)."
     field = re.search(r"[A-Za-z_][\w.]*", text)
     return f"unknown config field {field[0] if field else text!r}."
-  return lines[0] if lines else type(e).__name__
-
-
-def first_line(e: BaseException) -> str:
-  lines = _message(e).strip().splitlines()
   return lines[0] if lines else type(e).__name__
 
 

@@ -2,8 +2,10 @@
 
   jtl predict --checkpoint runs/source image.jpg [more.png ...]
 
-A checkpoint is a jtl workdir (a training run, or the output of `jtl convert`):
-`model.json` says which model, which classes and how to resize and normalize.
+A checkpoint is anything `config.init` takes: a jtl workdir (a training run, or the
+output of `jtl convert`), or hf:/torchvision:/bit:/orbax: prefixed paths. Its
+metadata (model.json for a workdir) says which model, which classes and how to
+resize and normalize.
 
 >>> predict("runs/source", ["shoe.png"], top_k=3)
 [[('Sandal', 0.71), ('Sneaker', 0.2), ('Ankle boot', 0.05)]]
@@ -15,15 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl import checkpoint, convert, train
+from jtl import convert, train
 from jtl.data.folder import decode_rgb
 from jtl.data.pipeline import preprocess
 
 def predict(workdir: str, image_paths: list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
   """For each image, the top_k (class name, probability) pairs."""
-  meta = checkpoint.read_model_json(workdir)
+  params, batch_stats, meta = convert.load(workdir)
   model = convert.build_model(meta)
-  params, batch_stats = checkpoint.load_model(workdir)
   d = meta["data"]
   images = np.stack([preprocess(decode_rgb(p), image_size=d["image_size"], channels=d["channels"])
                      for p in image_paths])
@@ -38,7 +39,8 @@ def predict(workdir: str, image_paths: list[str], top_k: int = 5) -> list[list[t
 def main(argv: list[str]) -> None:
   import argparse
   parser = argparse.ArgumentParser(prog="jtl predict", description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", required=True, help="a jtl workdir with model.json")
+  parser.add_argument("--checkpoint", required=True,
+                      help="a jtl workdir, or hf:DIR, torchvision:FILE, bit:FILE, orbax:DIR")
   parser.add_argument("--top_k", type=int, default=5)
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)

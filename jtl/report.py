@@ -275,7 +275,7 @@ def write_report(root: str) -> str:
               for d in diffs]
   if verdicts:
     lines += ["## What the intervals allow", ""] + verdicts + [""]
-  lines += [f"![accuracy]({os.path.basename(p)})" for p in pngs] + [""]
+  lines += [f"![{os.path.basename(p)[:-4]}]({os.path.basename(p)})" for p in pngs] + [""]
   other = sorted({r["stage"] for r in rows} - {spec["stage"]})
   for stage in other:
     rs = [r for r in rows if r["stage"] == stage]

@@ -129,13 +129,27 @@ PRESETS = {
                                        (".*", FREEZE)))],
 }
 NEEDS_ARG = ("partial", "freeze_through", "surgical")
+# One line each, for `jtl list` and error messages.
+DESCRIPTIONS = {
+    "full_finetune": "everything trains, from the source weights",
+    "linear_probe": "the new head only; backbone frozen",
+    "scratch": "everything trains, from a random init (the source is not loaded)",
+    "partial": "partial:N: stem..stageN frozen, the rest trains",
+    "freeze_through": "freeze_through:PATH: everything up to PATH (forward order) frozen",
+    "surgical": "surgical:STAGE: that stage and the head train (Lee et al. 2023)",
+    "discriminative": "discriminative[:D]: everything, lr x D per stage below the head",
+    "gradual_unfreeze": "gradual_unfreeze[:EVERY]: head first, one more stage every EVERY steps",
+    "lp_ft": "lp_ft[:STEPS]: linear probe, then everything at strategy.ft_lr_mult x lr",
+    "bitfit": "biases (BatchNorm offsets) and the head (Ben Zaken et al. 2022)",
+    "norm_only": "BatchNorm scales and offsets and the head",
+}
 
 
 def resolve(cfg, params, total_steps: int) -> Strategy:
   """Builds the strategy of config `strategy` (name, rules, ...) and labels `params`."""
   paths = param_paths(params)
   if cfg.get("rules"):
-    name, phases = "custom", [Phase(0, tuple((str(r), str(l)) for r, l in cfg.rules))]
+    name, phases = "custom", [Phase(0, check_rules(cfg.rules, cfg))]
   else:
     name = cfg.name
     base, _, arg = name.partition(":")
@@ -149,6 +163,31 @@ def resolve(cfg, params, total_steps: int) -> Strategy:
   phases = [dataclasses.replace(p, lr_mult={**p.lr_mult, **overrides},
                                 labels=assign_labels(p.rules, params)) for p in phases]
   return Strategy(name, tuple(phases), pretrained=name != "scratch")
+
+
+def check_rules(rules, cfg) -> tuple[tuple[str, str], ...]:
+  """Custom rules as (regex, label) pairs whose labels are "freeze", "train" or declared.
+
+  A label is declared by giving it an lr multiplier (strategy.lr_mult.LABEL) or its own
+  settings (strategy.labels.LABEL); any other word would silently train at full lr.
+  """
+  example = "\"(('head/.*','train'),('.*','freeze'))\""
+  if isinstance(rules, str) or not all(
+      isinstance(r, (tuple, list)) and len(r) == 2 and all(isinstance(x, str) for x in r)
+      for r in rules):
+    raise ValueError(f"config field strategy.rules={rules!r} must be (regex, label) pairs, "
+                     f"e.g. --config.strategy.rules={example}.")
+  declared = {FREEZE, TRAIN} | set(cfg.get("lr_mult") or {}) | set(cfg.get("labels") or {})
+  for regex, label in rules:
+    if label not in declared:
+      hint = " (did you mean 'freeze'?)" if label.lower().startswith("froz") else ""
+      raise ValueError(f"strategy.rules label {label!r}{hint} is neither 'freeze' nor 'train' "
+                       "nor declared in strategy.lr_mult or strategy.labels.")
+    try:
+      re.compile(regex)
+    except re.error as e:
+      raise ValueError(f"strategy.rules regex {regex!r} does not compile: {e}.") from None
+  return tuple((str(r), str(l)) for r, l in rules)
 
 
 # ---------------------------------------------------------------------------

@@ -48,6 +48,8 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
+from jtl.config import first_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = "results.jsonl"
 STUDY_JSON = "study.json"
@@ -79,6 +81,13 @@ def axis(field: str, values: Sequence, name: str | None = None) -> list[Point]:
 def options(name: str, choices: Mapping[str, Mapping[str, Any]]) -> list[Point]:
   """Named bundles of fields: `options("strategy", {"l2_sp": {"strategy.name": ..., "reg.l2_sp": 0.01}})`."""
   return [Point({name: label}, dict(fields)) for label, fields in choices.items()]
+
+
+def schedule(by_shots: Mapping[int, tuple[int, int]]) -> list[Point]:
+  """Shots per class zipped with the steps and batch size each gets: {shots: (steps, batch)}."""
+  return zipit(axis("data.shots", list(by_shots)),
+               axis("total_steps", [s for s, _ in by_shots.values()], name="steps"),
+               axis("data.batch_size", [b for _, b in by_shots.values()], name="batch"))
 
 
 def seeds(n_or_list: int | Sequence[int]) -> list[Point]:
@@ -203,11 +212,11 @@ def load_config(spec: str):
   found = next((p for p in (path, os.path.join(ROOT, path)) if os.path.isfile(p)), None)
   if found is None:
     raise FileNotFoundError(f"config file {path} does not exist (looked in {os.getcwd()} and {ROOT}).")
-  module = _import_file(found, "jtl_config_" + os.path.basename(path)[:-3])
+  module = import_file(found, "jtl_config_" + os.path.basename(path)[:-3])
   return module.get_config(arg or None)
 
 
-def _import_file(path: str, name: str):
+def import_file(path: str, name: str):
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -223,7 +232,7 @@ def cell_config(cell: Cell):
       _set(config, field, value)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise ValueError(f"sweep cell {cell.stage}/{cell.name}: config field {field!r} = {value!r} "
-                       f"is refused by {cell.config}: {_first_line(e)}") from None
+                       f"is refused by {cell.config}: {first_line(e)}") from None
   return config
 
 
@@ -239,11 +248,6 @@ def _set(config, field: str, value) -> None:
   target[leaf] = value
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-  return (text.strip().splitlines() or [type(e).__name__])[0]
-
-
 def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
   """Every cell's config, checked (fields, values, strategy rules) before anything runs."""
   from jtl import config as config_lib, dry_run  # JAX is imported only here.
@@ -254,7 +258,7 @@ def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
       config_lib.check(config)
       dry_run.resolve(config)
     except ValueError as e:
-      raise ValueError(f"sweep cell {cell.stage}/{cell.name}: {_first_line(e)}") from None
+      raise ValueError(f"sweep cell {cell.stage}/{cell.name}: {first_line(e)}") from None
     out.append((cell, config))
   if study.report:
     names = {k for c, _ in out if c.stage == study.report.stage for k in c.labels}
@@ -381,7 +385,11 @@ def load_study(path: str) -> Study:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"study file {path} does not exist; expected e.g. "
                             "experiments/seed_transfer.py.")
-  module = _import_file(path, "jtl_study_" + os.path.basename(path)[:-3])
+  # A study may import its neighbours (cross_domain.py takes strategy_ablation's strategies).
+  folder = os.path.dirname(os.path.abspath(path))
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
+  module = import_file(path, "jtl_study_" + os.path.basename(path)[:-3])
   study = getattr(module, "STUDY", None)
   if not isinstance(study, Study):
     raise ValueError(f"{path} declares no STUDY = jtl.sweep.Study(...).")
@@ -411,7 +419,7 @@ def main(argv: Sequence[str] | None = None, study: Study | None = None) -> int:
   except (ValueError, FileNotFoundError) as e:
     if os.environ.get("JTL_TRACEBACK"):
       raise
-    print(f"jtl: error: {_first_line(e)}", file=sys.stderr)
+    print(f"jtl: error: {first_line(e)}", file=sys.stderr)
     return 2
   if not args.print_commands and not args.no_report and study.report:
     text = report.write_report(root)

@@ -174,26 +174,46 @@ def _log(message: str) -> None:
     tqdm.write(f"jtl: {message}")
 
 
+def _progress(bar, cfg, step: int, metrics: dict, lr: float, speed: float) -> None:
+  """Loss, accuracy, lr (the largest label's) and images/s: on the bar, or one log line."""
+  shown = {"loss": f"{float(metrics['loss']):.4f}", "acc": f"{float(metrics['accuracy']):.3f}",
+           "lr": f"{lr:.3g}", "img/s": f"{speed:.0f}"}
+  if _show(cfg):
+    bar.set_postfix(shown, refresh=False)
+  elif jax.process_index() == 0 and step % cfg.log_every == 0:
+    print(f"jtl: step {step}/{cfg.total_steps} " + " ".join(f"{k} {v}" for k, v in shown.items()),
+          flush=True)
+
+
 def _show(cfg) -> bool:
   return bool(cfg.progress) and jax.process_index() == 0
 
 
 class _Preemption:
-  """Turns SIGTERM (a preempted VM) into a flag the loop checks after each step."""
+  """Turns SIGTERM (a preempted VM) and a first Ctrl-C into a flag the loop checks after
+  each step; a second Ctrl-C interrupts at once."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested = None    # The signal's name once one arrived.
+    self._previous = {sig: signal.signal(sig, self._handle)
+                      for sig in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if self.requested == "Ctrl-C" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
 
   def close(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 class Preempted(Exception):
-  """Raised after SIGTERM, once the checkpoint is written."""
+  """Raised after SIGTERM or Ctrl-C, once the checkpoint is written; `code` is the exit code."""
+
+  def __init__(self, message: str, code: int):
+    super().__init__(message)
+    self.code = code
 
 
 # ---------------------------------------------------------------------------
@@ -268,6 +288,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   os.makedirs(workdir, exist_ok=True)   # Only now: a refused config leaves no empty workdir.
   _write_model_json(workdir, config, arch, num_classes, train_src.class_names, mean, std)
+  skipped = _write_skipped(workdir, splits)
 
   # ---- Resume ----------------------------------------------------------------
   mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -280,7 +301,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = checkpoint.restore(mgr, state, train_iter)
     _log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
   start = int(jax.device_get(state.step))
-  writer = writers.MetricWriter(workdir, resume_step=start if start else None)
+  writer = writers.MetricWriter(workdir, resume_step=start)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -291,9 +312,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Train loop -------------------------------------------------------------
   preemption = _Preemption()
   t0, images_seen, best_val, last_val = time.time(), 0, None, None
+  bar = tqdm(range(start + 1, config.total_steps + 1), initial=start, total=config.total_steps,
+             desc="train", disable=not _show(config))
   try:
-    for step in tqdm(range(start + 1, config.total_steps + 1), initial=start,
-                     total=config.total_steps, desc="train", disable=not _show(config)):
+    for step in bar:
       if strat.phase_at(step - 1) != phase:
         phase = strat.phase_at(step - 1)
         state, hparams = phase_state(phase, state, step - 1)
@@ -313,9 +335,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"({'step ' + str(good) if good is not None else 'none yet'}) is kept in "
               f"{os.path.join(workdir, checkpoint.CHECKPOINTS)}.")
         # Each label's lr as its optimizer applies it at this step (optax counts from 0).
+        lrs = {label: float(h.lr(step - 1)) for label, h in hparams.items()}
+        speed = images_seen / (time.time() - t0)
         writer.write(step, {f"train/{k}": v for k, v in metrics.items()} | {
-            f"train/lr/{label}": float(h.lr(step - 1)) for label, h in hparams.items()} | {
-            "train/images_per_sec": images_seen / (time.time() - t0)})
+            f"train/lr/{label}": v for label, v in lrs.items()} | {"train/images_per_sec": speed})
+        _progress(bar, config, step, metrics, max(lrs.values(), default=0.0), speed)
       if splits.get("val") is not None and (
           is_last or (config.eval_every and step % config.eval_every == 0)):
         val = evaluate(p_eval, state, splits["val"], config, put)
@@ -326,8 +350,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if due_ckpt or preemption.requested:
         checkpoint.save(mgr, state, train_iter, force=True)
       if preemption.requested:
-        raise Preempted(f"SIGTERM at step {step}: checkpoint saved in {workdir}; "
-                        "rerun the same command to resume.")
+        raise Preempted(f"{preemption.requested} at step {step}: checkpoint saved in {workdir}; "
+                        "rerun the same command to resume.",
+                        code=143 if preemption.requested == "SIGTERM" else 130)
     train_time = time.time() - t0
 
     # ---- Final evaluation -----------------------------------------------------
@@ -344,6 +369,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "optimizer_state_bytes": optim.optimizer_state_bytes(state.opt_state),
         "optimizer_state_bytes_per_label": optim.state_bytes_per_label(state.opt_state),
         "strategy": strat.name,
+        "skipped_files": skipped,
     }
     if best_val is not None:
       summary |= {"val_accuracy": last_val["accuracy"], "best_val_step": best_val[0],
@@ -358,6 +384,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mgr.wait_until_finished()
     mgr.close()
     writer.close()
+
+
+def _write_skipped(workdir: str, splits: dict) -> int:
+  """Lists the undecodable images that `data.skip_corrupt` left out; returns their count."""
+  skipped = sorted({p for split in splits.values() if split is not None
+                    for p in getattr(split.parent, "skipped", ())})
+  if skipped and jax.process_index() == 0:
+    with open(os.path.join(workdir, data.SKIPPED_FILE), "w") as f:
+      f.writelines(p + "\n" for p in skipped)
+    _log(f"left out {len(skipped)} undecodable image(s); listed in "
+         f"{os.path.join(workdir, data.SKIPPED_FILE)}")
+  return len(skipped)
 
 
 def _write_model_json(workdir, config, arch, num_classes, class_names, mean, std):

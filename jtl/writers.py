@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 
 METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
 
 
 class MetricWriter:
@@ -25,11 +27,17 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS)
-    if resume_step is not None:
-      _truncate_after(self.path, resume_step)
+    kept = _truncate_after(self.path, resume_step) if resume_step is not None else []
     self._jsonl = open(self.path, "a")
     from tensorboardX import SummaryWriter  # Imported lazily: it pulls in protobuf.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    tb_dir = os.path.join(workdir, TENSORBOARD)
+    if resume_step is not None:
+      # TensorBoard events cannot be truncated: rebuild them from the kept rows, so a
+      # resumed run never holds a point twice.
+      shutil.rmtree(tb_dir, ignore_errors=True)
+    self._tb = SummaryWriter(tb_dir)
+    for row in kept:
+      self._add_scalars(row)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:
@@ -37,9 +45,12 @@ class MetricWriter:
     row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
+    self._add_scalars(row)
+
+  def _add_scalars(self, row: dict) -> None:
     for k, v in row.items():
       if k != "step" and isinstance(v, (int, float)):
-        self._tb.add_scalar(k, v, step)
+        self._tb.add_scalar(k, v, row["step"])
 
   def close(self) -> None:
     if self.active:
@@ -58,12 +69,17 @@ def _scalar(v):
   return v.item() if v.ndim == 0 else v.tolist()
 
 
-def _truncate_after(path: str, step: int) -> None:
-  # A resumed run recomputes the steps after its checkpoint; drop their old rows
-  # so the log reads as one uninterrupted run.
+def _truncate_after(path: str, step: int) -> list[dict]:
+  """Drops rows after `step` and returns the kept ones.
+
+  A resumed run recomputes the steps after its checkpoint (and a fresh run, step 0,
+  all of them); dropping their old rows makes the log read as one uninterrupted run.
+  """
   if not os.path.exists(path):
-    return
+    return []
   with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [r for r in rows if r["step"] <= step]
   with open(path, "w") as f:
-    f.writelines(rows)
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  return rows

@@ -24,6 +24,8 @@ def run_main(*args, workdir):
     (["--config=configs/transfer.py:shots=-3"], "data.shots=-3 must be > 0"),
     (["--config=configs/transfer.py:steps=-5"], "total_steps=-5 must be > 0"),
     (["--config=configs/transfer.py:small_stem=maybe"], "small_stem='maybe' must be true or false"),
+    (["--config=configs/transfer.py", "--config.data.eval_batch_size=0"],
+     "data.eval_batch_size=0 must be > 0"),
 ])
 def test_bad_input_fails_with_one_sentence(args, expected, tmp_path):
   tmp_path = tmp_path / "run"
@@ -33,6 +35,62 @@ def test_bad_input_fails_with_one_sentence(args, expected, tmp_path):
   assert len(lines) == 1 and expected in lines[0], result.stderr
   assert "Traceback" not in result.stderr
   assert not tmp_path.exists()   # Refused before any work.
+
+
+TINY = ["--config=configs/source.py:dataset=digits,size=8,width=0.125,steps=400,batch=16",
+        "--config.data.channels=1", "--config.data.val_per_class=0"]
+
+
+def test_a_workdir_that_is_a_file_fails_with_one_sentence(tmp_path):
+  (tmp_path / "file").write_text("x")
+  result = run_main(*TINY, workdir=tmp_path / "file")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+  [line] = [l for l in result.stderr.splitlines() if l.startswith("jtl: error:")]
+  assert str(tmp_path / "file") in line and "is a file" in line
+
+
+def test_config_help_shows_docstring_arguments_and_fields(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "jtl.main", "--config=configs/transfer.py",
+                           "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("Transfer run:")
+  assert 'shots=10' in result.stdout and "optim.lr = 0.01" in result.stdout
+
+
+def test_jtl_list_names_strategies_datasets_models_and_formats():
+  from jtl import cli, models, strategy
+  text = cli.listing()
+  for name in [*strategy.PRESETS, "fashion_mnist", "digits", "folder:PATH", *models.MODELS,
+               "hf:PATH", "torchvision:PATH", "bit:PATH", "orbax:PATH"]:
+    assert name in text, name
+
+
+def test_ctrl_c_checkpoints_and_exits_130_in_one_line(tmp_path):
+  """A first Ctrl-C finishes the step, writes a checkpoint and exits 130; the run resumes."""
+  import signal
+  import time
+  p = subprocess.Popen([sys.executable, "-m", "jtl.main", *TINY, "--config.progress=False",
+                        "--config.total_steps=100000",
+                        "--config.log_every=5", "--config.checkpoint_every=1000",
+                        f"--workdir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and p.poll() is None:   # Wait for training to log.
+    metrics = tmp_path / "metrics.jsonl"
+    if metrics.exists() and metrics.read_text().count("\n") >= 2:
+      break
+    time.sleep(0.05)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 130, err[-2000:]
+  assert "Traceback" not in err
+  assert "Ctrl-C at step" in err and "rerun the same command to resume" in err
+  assert (tmp_path / "checkpoints").exists() and any(
+      d.isdigit() for d in os.listdir(tmp_path / "checkpoints"))
+  # progress=False: one log line per log_every steps, with loss, accuracy, lr and images/s.
+  lines = [l for l in out.splitlines() if l.startswith("jtl: step ")]
+  assert lines and all(k in lines[0] for k in ("loss", "acc", "lr", "img/s"))
+  assert lines[0].startswith("jtl: step 5/100000 ")
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
@@ -70,3 +128,51 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
   resumed, clean = flat("killed"), flat("clean")
   for k in clean:
     np.testing.assert_array_equal(resumed[k], clean[k], err_msg=k)
+
+
+def readme_commands() -> list[str]:
+  """The `./launch.sh` and `.venv/bin/jtl` lines of README's shell blocks, in order."""
+  import re
+  text = open(os.path.join(ROOT, "README.md")).read()
+  blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+  lines = [l.split("  #")[0].strip() for b in blocks for l in b.splitlines()]
+  return [l for l in lines if l.startswith(("./launch.sh ", ".venv/bin/jtl "))]
+
+
+# Commands too long for a test: the main study and the suite itself (CI runs those), and
+# full sweeps (test_sweep.py runs a tiny one through the same code).
+LONG = ("./launch.sh test", "./launch.sh experiments/", "./launch.sh sweep experiments/strategy_ablation.py [")
+
+
+def test_readme_commands_work_in_order_or_fail_in_one_sentence(tmp_path):
+  """Every README command, in README's order, in a fresh copy of the repo: training
+  shortened to 2 steps. Each exits 0, or 2 with one sentence (e.g. a path that
+  README leaves for the user to fill in) and no traceback."""
+  import shutil
+  files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+  clone = tmp_path / "jtl"
+  for f in files:
+    if os.path.exists(os.path.join(ROOT, f)):
+      os.makedirs(clone / os.path.dirname(f), exist_ok=True)
+      shutil.copy2(os.path.join(ROOT, f), clone / f)
+  os.symlink(os.path.join(ROOT, ".venv"), clone / ".venv")
+  commands = [c for c in readme_commands() if not c.startswith(LONG)]
+  assert len(commands) >= 8, commands
+  short = ["--config.total_steps=2", "--config.eval_every=0", "--config.progress=False",
+           "--config.data.eval_batch_size=512"]
+  ran = []
+  for command in commands:
+    args = command.split()
+    if args[1].startswith("configs/") and "--dry_run" not in args:
+      args += short
+    result = subprocess.run(args, cwd=clone, capture_output=True, text=True, timeout=600)
+    errors = [l for l in result.stderr.splitlines() if l.startswith("jtl: error:")]
+    assert "Traceback" not in result.stderr, (command, result.stderr[-3000:])
+    assert result.returncode == 0 or (result.returncode == 2 and len(errors) == 1), (
+        command, result.returncode, result.stderr[-3000:])
+    ran.append((command, result.returncode))
+  # The commands that need nothing from outside the repo must succeed.
+  ok = {c for c, rc in ran if rc == 0}
+  assert "./launch.sh configs/source.py --workdir runs/source" in ok
+  assert any(c.startswith("./launch.sh configs/transfer.py:init=runs/source") for c in ok)

@@ -287,3 +287,20 @@ def test_eval_batches_cover_each_example_once():
   assert len(shards[0]) == len(shards[1]) == 3 and not shards[1][-1]["mask"].any()
   covered = sorted(int(y) for s in shards for b in s for y in b["label"][b["mask"]])
   assert covered == list(range(33))
+
+
+def test_a_run_lists_and_counts_the_images_skip_corrupt_left_out(tmp_path):
+  from jtl import data, train
+  from test_train import tiny_config
+  root = tmp_path / "images"
+  for split in ("train", "test"):
+    for name in ("cat", "dog"):
+      for i in range(3):
+        _save(root / split / name / f"{i}.png", "L", (8, 8))
+  bad = root / "train" / "dog" / "x.jpg"
+  bad.write_bytes(np.random.default_rng(0).bytes(300))
+  c = tiny_config(**{"data.name": f"folder:{root}", "data.classes": None,
+                     "data.skip_corrupt": True, "total_steps": 1, "data.batch_size": 4})
+  summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert summary["skipped_files"] == 1
+  assert (tmp_path / "run" / data.SKIPPED_FILE).read_text() == f"{bad}\n"

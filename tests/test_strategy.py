@@ -261,3 +261,23 @@ def test_weight_decay_skips_norms_and_biases_unless_asked(decay_all):
   assert np.any(updates["head/kernel"])
   assert np.any(updates["stage4/block1/bn2/scale"]) == decay_all
   assert not np.any(updates["stage4/block1/conv2/kernel"])  # Frozen: never decayed.
+
+
+@pytest.mark.parametrize("rules, expected", [
+    ((("head/.*", "train"), (".*", "frozen")), "label 'frozen' \\(did you mean 'freeze'\\?\\)"),
+    (("head:train",), "must be \\(regex, label\\) pairs"),
+    ((("head/.*", "train"), ("(", "freeze")), "does not compile"),
+])
+def test_custom_rules_with_an_undeclared_label_or_a_bad_shape_are_refused(rules, expected):
+  c = config_for("full_finetune")
+  c.strategy.rules = rules
+  with pytest.raises(ValueError, match=expected):
+    strategy.resolve(c.strategy, PARAMS, 6)
+
+
+def test_a_label_declared_with_an_lr_multiplier_is_accepted():
+  c = config_for("full_finetune")
+  c.strategy.rules = (("head/.*", "fast"), (".*", "freeze"))
+  c.strategy.lr_mult.fast = 10.0
+  strat = strategy.resolve(c.strategy, PARAMS, 6)
+  assert strat.phases[0].labels["head"]["kernel"] == "fast"

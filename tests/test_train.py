@@ -109,9 +109,29 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
   resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / "resumed"))
   assert_trees_equal(params_of(tmp_path / "full"), params_of(tmp_path / "resumed"))
   assert resumed["test_accuracy"] == full["test_accuracy"]
-  # The log reads as one run: each step once.
+  # The log reads as one run: each step once, in metrics.jsonl and in TensorBoard.
   steps = [r["step"] for r in writers.read_metrics(tmp_path / "resumed") if "train/loss" in r]
   assert steps == list(range(1, 9))
+  points = tensorboard_points(tmp_path / "resumed")
+  assert [s for tag, s in points if tag == "train/loss"] == list(range(1, 9))
+  assert len(points) == len(set(points))
+
+
+def tensorboard_points(workdir):
+  """(tag, step) of every scalar in a run's TensorBoard event files, in file order."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = []
+  for name in sorted(os.listdir(os.path.join(workdir, writers.TENSORBOARD))):
+    with open(os.path.join(workdir, writers.TENSORBOARD, name), "rb") as f:
+      buf = f.read()
+    i = 0
+    while i < len(buf):   # TFRecord: length, crc, data, crc.
+      (n,) = struct.unpack("<Q", buf[i:i + 8])
+      event = event_pb2.Event.FromString(buf[i + 12:i + 12 + n])
+      i += 16 + n
+      out += [(v.tag, event.step) for v in event.summary.value]
+  return out
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
@@ -211,6 +231,14 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path):
     np.testing.assert_allclose(two[k], v, atol=1e-3, err_msg=k)
 
 
+def test_too_few_images_for_the_shots_names_the_class_and_the_field():
+  from jtl import data
+  with pytest.raises(ValueError, match=r"class '3' \(3\) has \d+ training examples .* lower "
+                                       r"data.shots"):
+    data.make_splits({"name": "digits", "classes": (3, 4), "shots": 1000, "val_per_class": 5},
+                     seed=0)
+
+
 def test_predict_uses_the_checkpoints_own_classes_and_preprocessing(tmp_path):
   from PIL import Image
   from jtl import data, predict
@@ -221,6 +249,7 @@ def test_predict_uses_the_checkpoints_own_classes_and_preprocessing(tmp_path):
     paths.append(str(tmp_path / f"{i}.png"))
     Image.fromarray(test[i]["image"][..., 0]).resize((32, 32)).save(paths[-1])  # Any size works.
   top = predict.predict(str(tmp_path / "run"), paths, top_k=3)
+  assert predict.predict("orbax:" + str(tmp_path / "run"), paths, top_k=3) == top
   assert len(top) == 3 and all(len(t) == 3 for t in top)
   for t in top:
     probs = [p for _, p in t]

@@ -53,8 +53,9 @@ def detect_format(src: str) -> str:
       return "bit"
     raise ValueError(f"{src}: unknown checkpoint type; expected a .pth/.pt/.bin state dict, "
                      "a BiT .npz, a Hugging Face folder or a jtl workdir.")
-  if re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith("."):
-    return "huggingface"  # A hub id such as microsoft/resnet-50.
+  if (re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith(".")
+      and not os.path.isdir(src.split("/")[0])):
+    return "huggingface"  # A hub id such as microsoft/resnet-50 (not a path under a local folder).
   raise FileNotFoundError(
       f"{src} does not exist; a source model comes from ./launch.sh experiments/seed_transfer.py "
       "(it leaves one in runs/seed_transfer/source/run) or ./launch.sh configs/source.py "

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from jtl.data.sources import Source, check_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+SKIPPED_FILE = "skipped_files.txt"   # Where a run lists the images it left out.
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +64,7 @@ def decode_rgb(path: str | os.PathLike) -> np.ndarray:
       return np.asarray(im.convert("RGB"), np.uint8)
   except Exception as e:
     raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); expected a readable "
-            "image file (pass skip_corrupt=True to skip undecodable files)") from e
+            "image file (--config.data.skip_corrupt=True skips undecodable files)") from e
 
 
 class FolderSource(Source):
@@ -113,7 +114,8 @@ class FolderSource(Source):
       paths = [p for p, good in zip(paths, ok) if good]
       labels = [y for y, good in zip(labels, ok) if good]
       if self.skipped:
-        log.warning("%s: skipped %d undecodable image(s), listed in .skipped", folder, len(self.skipped))
+        log.warning("%s: skipped %d undecodable image(s), e.g. %s; a run lists them all in "
+                    "WORKDIR/%s", folder, len(self.skipped), self.skipped[0], SKIPPED_FILE)
 
     self.name = f"folder:{root}"
     self.split = split

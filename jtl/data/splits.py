@@ -35,7 +35,8 @@ def _per_class(labels: np.ndarray, num_classes: int | None) -> list[tuple[int, n
   return [(int(c), np.flatnonzero(labels == c)) for c in classes]
 
 
-def k_shot(labels: np.ndarray, shots: int, seed: int | Sequence[int], *, num_classes: int | None = None) -> np.ndarray:
+def k_shot(labels: np.ndarray, shots: int, seed: int | Sequence[int], *, num_classes: int | None = None,
+           class_names: Sequence[str] | None = None) -> np.ndarray:
   """Indices (ascending) of exactly `shots` random examples per class.
 
   Classes are those in `labels`, or 0..num_classes-1 if given. For one seed,
@@ -48,7 +49,10 @@ def k_shot(labels: np.ndarray, shots: int, seed: int | Sequence[int], *, num_cla
   picked = []
   for c, idx in _per_class(np.asarray(labels), num_classes):
     if len(idx) < shots:
-      raise ValueError(f"class {c} has {len(idx)} examples; expected at least shots={shots}")
+      name = f"class {class_names[c]!r} ({c})" if class_names is not None else f"class {c}"
+      raise ValueError(f"{name} has {len(idx)} training examples left (after the validation "
+                       f"carve), fewer than shots={shots}; lower data.shots (config argument "
+                       "shots=) or data.val_per_class, or pick other data.classes.")
     picked.append(rng.permutation(idx)[:shots])
   return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
@@ -162,6 +166,7 @@ def make_splits(cfg, seed: int) -> dict[str, Subset | None]:
   if _get(cfg, "shots"):
     # Only train labels are read here: the test split never feeds the k-shot draw.
     # Seed [seed, 1]: a random stream independent of the validation draw's.
-    train_idx = train_idx[k_shot(train.labels, int(cfg["shots"]), [seed, 1], num_classes=num_classes)]
+    train_idx = train_idx[k_shot(train.labels, int(cfg["shots"]), [seed, 1], num_classes=num_classes,
+                                 class_names=train.class_names)]
     train = Subset(train_src, train_idx, label_map)
   return {"train": train, "val": val, "test": Subset(test_src, test_idx, label_map)}
