@@ -442,3 +442,15 @@ def test_a_source_of_another_architecture_fails_in_one_sentence(bit_npz, tmp_pat
   from test_train import tiny_config
   with pytest.raises(ValueError, match=r"holds a bit_r50x1, but config.model.name is 'resnet18'"):
     train.train_and_evaluate(tiny_config(init=f"bit:{bit_npz[0]}"), str(tmp_path))
+
+
+def test_an_unreachable_hub_id_gets_one_sentence(monkeypatch, tmp_path):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_HOME", str(tmp_path))   # An empty cache.
+  from jtl import convert
+  with pytest.raises(FileNotFoundError, match="could not be fetched from the Hugging Face Hub"):
+    convert.load("microsoft/resnet-50")
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "runs").mkdir()
+  with pytest.raises(FileNotFoundError, match="runs/source does not exist; a source model"):
+    convert.load("runs/source")    # A missing path under a local folder is no hub id.

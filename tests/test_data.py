@@ -33,9 +33,9 @@ def test_k_shot_exact_and_seeded():
 
 def test_k_shot_too_few_names_class():
   labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
-  with pytest.raises(ValueError, match="class 1 has 2 examples"):
+  with pytest.raises(ValueError, match="class 1 has 2 training examples"):
     k_shot(labels, 3, seed=0)
-  with pytest.raises(ValueError, match="class 3 has 0 examples"):
+  with pytest.raises(ValueError, match="class 3 has 0 training examples"):
     k_shot(labels, 1, seed=0, num_classes=4)
 
 

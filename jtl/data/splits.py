@@ -49,7 +49,7 @@ def k_shot(labels: np.ndarray, shots: int, seed: int | Sequence[int], *, num_cla
   picked = []
   for c, idx in _per_class(np.asarray(labels), num_classes):
     if len(idx) < shots:
-      name = f"class {class_names[c]!r} ({c})" if class_names is not None else f"class {c}"
+      name = f"class {class_names[c]!r}" if class_names is not None else f"class {c}"
       raise ValueError(f"{name} has {len(idx)} training examples left (after the validation "
                        f"carve), fewer than shots={shots}; lower data.shots (config argument "
                        "shots=) or data.val_per_class, or pick other data.classes.")
