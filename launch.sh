@@ -30,6 +30,9 @@ setup() {
 if [[ $# -eq 0 ]]; then
   sed -n '2,8p' "$0"; exit 2
 fi
+if [[ $1 == -h || $1 == --help ]]; then
+  sed -n '2,8p' "$0"; echo "  CONFIG --help shows a config's arguments and fields; .venv/bin/jtl list shows what exists."; exit 0
+fi
 setup
 export PYTHONUNBUFFERED=1
 case "$1" in

@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 250
   c.keep_checkpoints = 2
   c.progress = True         # tqdm progress bars.
+  # Fields allowed to differ when a workdir's run is resumed, e.g. ("total_steps",);
+  # any other change is refused (jtl/workdir.py).
+  c.allow_changed = ml_collections.FieldReference((), field_type=tuple)
 
   # name="auto" takes name, small_stem and width from the source checkpoint (config.init).
   c.model = ml_collections.ConfigDict(dict(

@@ -250,13 +250,14 @@ def _set(config, field: str, value) -> None:
 
 def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
   """Every cell's config, checked (fields, values, strategy rules) before anything runs."""
-  from jtl import config as config_lib, dry_run  # JAX is imported only here.
+  from jtl import config as config_lib, dry_run, workdir  # JAX is imported only here.
   out = []
   for cell in cells(study, root):
     config = cell_config(cell)
     try:
       config_lib.check(config)
       dry_run.resolve(config)
+      workdir.check_resume(cell.workdir, config)   # A study edited after its cells ran.
     except ValueError as e:
       raise ValueError(f"sweep cell {cell.stage}/{cell.name}: {first_line(e)}") from None
     out.append((cell, config))

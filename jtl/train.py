@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from jtl import checkpoint, convert, data, models, optim, strategy, writers
 from jtl import config as config_lib
+from jtl import workdir as workdir_lib
 from jtl.regularizers import make_penalty_fn
 
 
@@ -287,6 +288,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields), hparams
 
   os.makedirs(workdir, exist_ok=True)   # Only now: a refused config leaves no empty workdir.
+  # One run per workdir, and a resume only under the settings it started with.
+  release = workdir_lib.lock(workdir) if jax.process_index() == 0 else (lambda: None)
+  try:
+    workdir_lib.check_resume(workdir, config)
+  except ValueError:
+    release()
+    raise
   _write_model_json(workdir, config, arch, num_classes, train_src.class_names, mean, std)
   skipped = _write_skipped(workdir, splits)
 
@@ -380,6 +388,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         json.dump(summary, f, indent=2)
     return summary
   finally:
+    release()
     preemption.close()
     mgr.wait_until_finished()
     mgr.close()

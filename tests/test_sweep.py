@@ -121,3 +121,15 @@ def test_a_sweep_killed_after_its_first_cell_does_not_redo_it(tmp_path):
   text = report.write_report(str(root))
   assert text.count("| linear_probe |") == 1        # one row per strategy, over both seeds
   assert "| 2 |" in text                             # two seeds each
+
+
+def test_a_finished_cell_whose_settings_changed_is_refused(tmp_path):
+  study = sweep.load_study(write_study(tmp_path, "sweep.seeds(1)"))
+  root = tmp_path / "out"
+  [cell] = sweep.cells(study, str(root))
+  os.makedirs(cell.workdir)
+  stored = sweep.cell_config(cell)
+  stored.optim.lr = 0.5                  # The run was made with another lr.
+  (root / "target" / cell.name / "config.json").write_text(stored.to_json_best_effort())
+  with pytest.raises(ValueError, match=r"seed=0: .* other settings \(optim.lr: 0.5 -> 0.1\)"):
+    sweep.run(study, str(root), log=lambda *_: None)

@@ -260,3 +260,34 @@ def test_predict_uses_the_checkpoints_own_classes_and_preprocessing(tmp_path):
     probs = [p for _, p in t]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     assert {name for name, _ in t} <= set(test.class_names)
+
+
+def test_a_workdir_is_locked_by_a_live_run_and_a_stale_lock_is_taken_over(tmp_path):
+  import json
+  import socket
+  import subprocess
+  import sys
+  from jtl import workdir
+  lock = tmp_path / workdir.LOCK
+  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    lock.write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
+    with pytest.raises(workdir.WorkdirInUse, match=f"pid {live.pid} on host"):
+      workdir.lock(str(tmp_path))
+  finally:
+    live.kill()
+    live.wait()
+  release = workdir.lock(str(tmp_path))      # The same pid, now dead: a stale lock.
+  assert json.loads(lock.read_text())["pid"] == os.getpid()
+  release()
+  assert not lock.exists()
+
+
+def test_resuming_under_other_settings_is_refused_unless_allowed(tmp_path):
+  train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
+  changed = tiny_config(total_steps=2, **{"optim.lr": 0.05})
+  with pytest.raises(ValueError, match=r"other settings \(optim.lr: 0.1 -> 0.05\).*"
+                                       r"allow_changed=\"\('optim.lr',\)\""):
+    train.train_and_evaluate(changed, str(tmp_path))
+  allowed = tiny_config(total_steps=3, allow_changed=("total_steps",))
+  assert train.train_and_evaluate(allowed, str(tmp_path))["steps"] == 3
