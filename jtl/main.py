@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
   # orbax and grain log every save at INFO; jtl's own progress goes to tqdm and stdout.
   logging.set_verbosity(logging.WARNING)
   from jtl import train  # Imported late so that a bad command line fails fast.
+  train.enable_compilation_cache()
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
   except train.Preempted as e:

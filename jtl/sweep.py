@@ -285,7 +285,7 @@ def command(cell: Cell) -> str:
 # ---------------------------------------------------------------------------
 def result_row(cell: Cell, summary: dict) -> dict:
   keep = ("val_accuracy", "best_val_accuracy", "best_val_step", "test_accuracy", "test_loss",
-          "train_time_s", "images_per_sec", "trainable_params", "total_params",
+          "train_time_s", "first_step_s", "images_per_sec", "trainable_params", "total_params",
           "optimizer_state_bytes", "steps", "train_examples", "test_examples")
   return {"stage": cell.stage, "cell": cell.name, **cell.labels, "fields": cell.fields,
           **{k: summary.get(k) for k in keep}, "workdir": cell.workdir}
@@ -326,17 +326,6 @@ def provenance(argv: Sequence[str]) -> dict:
           "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"}
 
 
-def enable_compilation_cache(root: str) -> str:
-  """A persistent XLA cache shared by a sweep's cells, so equal steps compile once."""
-  import jax
-  path = os.environ.get("JTL_COMPILATION_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "jtl", "xla")
-  os.makedirs(path, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  return path
-
-
 def run(study: Study, root: str, *, print_commands: bool = False, log=print) -> list[dict]:
   """Runs every unfinished cell of `study` under `root`; returns results.jsonl's rows."""
   checked = validate(study, root)
@@ -347,7 +336,7 @@ def run(study: Study, root: str, *, print_commands: bool = False, log=print) -> 
     return read_results(root)
   from jtl import train
   os.makedirs(root, exist_ok=True)
-  enable_compilation_cache(root)
+  train.enable_compilation_cache()
   _write_study_json(study, root, sys.argv)
   recorded = {(r["stage"], r["cell"]) for r in read_results(root)}
   log(f"jtl sweep {study.name}: {len(checked)} cells, {len(checked) - len(todo)} finished, "

@@ -224,6 +224,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
   # ---- Setup ---------------------------------------------------------------
   config_lib.check(config)
+  started = time.time()
   batch_size = config.data.batch_size
   for field in ("batch_size", "eval_batch_size"):
     if config.data[field] % jax.device_count():
@@ -319,7 +320,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Train loop -------------------------------------------------------------
   preemption = _Preemption()
-  t0, images_seen, best_val, last_val = time.time(), 0, None, None
+  t0, images_seen, best_val, last_val, first_step_s = time.time(), 0, None, None, None
   bar = tqdm(range(start + 1, config.total_steps + 1), initial=start, total=config.total_steps,
              desc="train", disable=not _show(config))
   try:
@@ -331,6 +332,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
              f"({len(state.frozen)} frozen parameter arrays)")
         writer.write(step, {"strategy/phase": phase})
       state, metrics = p_train(state, put(next(train_iter)), step_rng)
+      if first_step_s is None:   # Set-up, data, restore and compile: what a cache can save.
+        jax.block_until_ready(state.step)
+        first_step_s = time.time() - started
       images_seen += batch_size
       is_last = step == config.total_steps
       due_ckpt = step % config.checkpoint_every == 0 or is_last
@@ -370,6 +374,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "train_examples": len(train_src), "test_examples": len(splits["test"]),
         "train_time_s": train_time,
+        "first_step_s": first_step_s,   # From the call to the end of the first step.
         "images_per_sec": images_seen / train_time if images_seen else None,
         "trainable_params": int(sum(np.size(v) for k, v in tu.flatten_dict(
             jax.device_get(state.params), sep="/").items() if k not in state.frozen)),
@@ -393,6 +398,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mgr.wait_until_finished()
     mgr.close()
     writer.close()
+
+
+def enable_compilation_cache() -> str:
+  """A persistent XLA compilation cache (~/.cache/jtl/xla or $JTL_COMPILATION_CACHE), so a
+  rerun, a resume or a sweep's next cell of the same shape skips most of the compile."""
+  path = os.environ.get("JTL_COMPILATION_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "jtl", "xla")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
 
 
 def _write_skipped(workdir: str, splits: dict) -> int:
