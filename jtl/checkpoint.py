@@ -11,6 +11,7 @@ batch_stats: all a transfer needs), `train` (step and optimizer state) and `data
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -47,10 +48,17 @@ def save(mgr: ocp.CheckpointManager, state, data_iter, *, force: bool = False) -
   if step in mgr.all_steps():
     return False
   items = _state_items(state)
-  return mgr.save(step, force=force, args=ocp.args.Composite(
-      model=ocp.args.StandardSave(items["model"]),
-      train=ocp.args.StandardSave(items["train"]),
-      data=grain.checkpoint.CheckpointSave(data_iter)))
+  try:
+    return mgr.save(step, force=force, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(items["model"]),
+        train=ocp.args.StandardSave(items["train"]),
+        data=grain.checkpoint.CheckpointSave(data_iter)))
+  except Exception as e:  # tensorstore reports a full disk as ValueError("RESOURCE_EXHAUSTED ...").
+    text = str(e)
+    if "No space left" in text or "os_error_code='28'" in text:
+      raise OSError(errno.ENOSPC, f"no space left on device while saving step {step} (the "
+                    "previous checkpoint is kept)", str(mgr.directory)) from e
+    raise
 
 
 def restore(mgr: ocp.CheckpointManager, state, data_iter):

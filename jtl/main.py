@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
     return {}
   if not _WORKDIR.value:
     fail("--workdir is required: the directory for checkpoints, metrics and the summary.")
-  # orbax and grain log every save at INFO; jtl's own progress goes to tqdm and stdout.
-  logging.set_verbosity(logging.WARNING)
+  # orbax and grain log every save at INFO, and a failed save's traceback from each writer
+  # thread at ERROR; jtl's own progress goes to tqdm and stdout, and the error that ends a
+  # run is said once below (all of it with --verbose).
+  logging.set_verbosity(logging.WARNING if verbose(argv) else logging.FATAL)
   from jtl import train  # Imported late so that a bad command line fails fast.
   train.enable_compilation_cache()
   try:
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
 def os_error(e: OSError) -> str:
   """"cannot write runs/x: Permission denied" rather than errno soup."""
   what = {17: "is a file, not a folder", 20: "is a file, not a folder"}.get(e.errno, e.strerror)
+  if e.errno == 28:
+    what = "no space left on device"
   return f"cannot use {e.filename}: {what or e}; choose another --workdir or free the space."
 
 

@@ -49,6 +49,16 @@ def test_a_workdir_that_is_a_file_fails_with_one_sentence(tmp_path):
   assert str(tmp_path / "file") in line and "is a file" in line
 
 
+def test_an_eval_batch_that_does_not_divide_over_the_devices_is_refused_before_work(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run([sys.executable, "-m", "jtl.main", *TINY, "--config.data.eval_batch_size=7",
+                           f"--workdir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+  assert "data.eval_batch_size=7 must be divisible by the 2 devices" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_config_help_shows_docstring_arguments_and_fields(tmp_path):
   result = subprocess.run([sys.executable, "-m", "jtl.main", "--config=configs/transfer.py",
                            "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
