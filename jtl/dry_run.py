@@ -42,22 +42,12 @@ def _covered(paths: list[str], all_paths: list[str]) -> str:
   return ", ".join(out[:8]) + (f", … (+{len(out) - 8})" if len(out) > 8 else "")
 
 
-def _architecture(config) -> dict:
-  """The config's model, or for model.name="auto" the one its init checkpoint holds."""
-  if config.model.name != "auto":
-    return {k: config.model[k] for k in ("name", "small_stem", "width")}
-  from jtl import convert
-  meta = convert.load(config.init)[2] if config.init else {}
-  if not meta.get("model"):
-    raise ValueError("config.model.name='auto' takes the model from config.init, but "
-                     f"{config.init or 'config.init (empty)'} describes no model.")
-  m = meta["model"]
-  return {"name": m["name"], "small_stem": m.get("small_stem", False), "width": m.get("width", 1.0)}
-
-
 def resolve(config):
   """Parameter shapes (no arrays) and the resolved strategy of `config`."""
-  arch = _architecture(config)
+  from jtl import convert, train
+  # model="auto" reads the architecture off the init checkpoint, as the trainer does.
+  meta = convert.load(config.init)[2] if config.model.name == "auto" and config.init else {}
+  arch = train.architecture(config, meta)
   model = models.get_model(arch["name"], num_classes=_num_classes(config),
                            small_stem=arch["small_stem"], width=arch["width"])
   size = config.data.image_size

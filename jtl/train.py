@@ -243,7 +243,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_classes = train_src.num_classes
   # Source weights in any format jtl reads (a jtl run, hf:, torchvision:, bit:, orbax:).
   src_params, src_stats, source_meta = convert.load(config.init) if config.init else ({}, {}, {})
-  arch = _architecture(config, source_meta)
+  arch = architecture(config, source_meta)
   mean = config.data.mean or source_meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
   std = config.data.std or source_meta.get("data", {}).get("std") or (0.5,) * config.data.channels
   train_iter = iter(data.train_dataset(
@@ -435,7 +435,7 @@ def _write_model_json(workdir, config, arch, num_classes, class_names, mean, std
     json.dump(meta, f, indent=2)
 
 
-def _architecture(config, meta: dict) -> dict:
+def architecture(config, meta: dict) -> dict:
   """name, small_stem, width: from the config, or from the source's model.json if "auto".
 
   A source of another architecture fails here in one sentence, not as 100 mis-shapes.
