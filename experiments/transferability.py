@@ -1,6 +1,6 @@
 r"""Yosinski et al. 2014 (Figure 2) in miniature: how transferable is each depth?
 
-  ./launch.sh experiments/transferability.py       # budget: ~25 min on 2 CPU cores
+  ./launch.sh experiments/transferability.py       # budget: ~31 min on 2 CPU cores
   ./launch.sh report runs/transferability
 
 A = a source model trained on Fashion-MNIST classes 0-4 (once); B = base models
@@ -37,7 +37,7 @@ TARGET = "configs/transfer.py:shots=50,batch=50,steps=150,lr=0.03"
 
 STUDY = sweep.Study(
     name="transferability",
-    budget="about 25 minutes on 2 CPU cores (AMD Zen 5)",
+    budget="31 minutes on 2 CPU cores (AMD Zen 5), as measured",
     stages=(
         sweep.Stage("source", "configs/source.py", fixed={"progress": False}),
         sweep.Stage("base", TARGET, grid=sweep.seeds(SEEDS),
