@@ -1,6 +1,6 @@
 r"""Across domains: Fashion-MNIST (all 10 classes) -> scikit-learn's 8x8 digits, at few shots.
 
-  ./launch.sh experiments/cross_domain.py          # budget: ~20 min on 2 CPU cores
+  ./launch.sh experiments/cross_domain.py          # budget: ~20 min on 2 CPU cores (19 measured)
   ./launch.sh report runs/cross_domain
 
 The source learns clothing; the target is handwritten digits, upsampled from 8x8 to
