@@ -99,10 +99,10 @@ def config_help(argv: list[str]) -> str:
   path = spec.split(":", 1)[0]
   if not os.path.isfile(path):
     fail(f"config file {path} does not exist; expected e.g. configs/transfer.py[:ARGS].")
-  from jtl.sweep import import_file, load_config
+  from jtl.sweep import import_file
   module = import_file(path, "jtl_help_config")
   try:
-    config = load_config(spec)
+    config = module.get_config(spec.partition(":")[2] or None)
   except ValueError as e:
     fail(f"the config file refused its arguments: {first_line(e)}")
   import inspect

@@ -180,7 +180,7 @@ def plot(rows: list[dict], spec: dict, diffs: list[dict], path_prefix: str,
     rest = [b for b in by if b != x]
     x_order = list(dict.fromkeys(r.get(x) for r in rows))   # Declared order (stem, stage1, ...).
     numeric = all(isinstance(v, (int, float)) for v in x_order)
-    for j, name in enumerate(order):
+    for name in order:
       for split in dict.fromkeys(_key(r, rest) for r in rows):
         pts = sorted(((k[by.index(x)], c) for k, c in chosen.items()
                       if k[-1] == name and all(k[by.index(b)] == v for b, v in zip(rest, split))),
