@@ -97,7 +97,12 @@ def load_model(path: str, step: int | None = None) -> tuple[Any, Any]:
   item = os.path.join(root, str(step), "model")
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      model = ckptr.restore(item)
+      # Restored onto this host's CPU whatever the devices that saved it (8 GPUs, a pod).
+      tree = ckptr.metadata(item)
+      tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
+      cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+      model = ckptr.restore(item, jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree))
   except Exception as e:  # orbax raises many types; one sentence is what a user needs.
     raise ValueError(f"could not read checkpoint {item}: {type(e).__name__}: "
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None

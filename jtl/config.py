@@ -53,7 +53,7 @@ def check(c) -> None:
   positive = {"optim.lr": c.optim.lr, "total_steps": c.total_steps,
               "data.batch_size": c.data.batch_size, "data.eval_batch_size": c.data.eval_batch_size,
               "data.image_size": c.data.image_size, "checkpoint_every": c.checkpoint_every,
-              "log_every": c.log_every}
+              "log_every": c.log_every, "optim.accum_steps": c.optim.accum_steps}
   if c.data.shots is not None:
     positive["data.shots"] = c.data.shots
   for field, value in positive.items():
@@ -64,6 +64,15 @@ def check(c) -> None:
                        "optim.warmup_steps": c.optim.warmup_steps}.items():
     if value < 0:
       raise ValueError(f"config field {field}={value!r} must be >= 0.")
+  if c.data.batch_size % c.optim.accum_steps:
+    raise ValueError(f"config field data.batch_size={c.data.batch_size} must be divisible by "
+                     f"optim.accum_steps={c.optim.accum_steps}.")
+  if c.model.dtype not in DTYPES:
+    raise ValueError(f"config field model.dtype={c.model.dtype!r}; expected one of "
+                     f"{', '.join(DTYPES)}.")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -81,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.allow_changed = ml_collections.FieldReference((), field_type=tuple)
 
   # name="auto" takes name, small_stem and width from the source checkpoint (config.init).
+  # dtype: the compute dtype. "bfloat16" runs convolutions and matmuls in bf16 (GPU/TPU
+  # tensor cores) while parameters, optimizer state, BatchNorm statistics and the loss stay
+  # float32 (the master weights).
   c.model = ml_collections.ConfigDict(dict(
       name="resnet18", small_stem=False, width=1.0, dtype="float32"))
 
@@ -90,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
       shots=ml_collections.FieldReference(None, field_type=int),
       val_per_class=0, skip_corrupt=False,
       image_size=224, channels=3, augment=True, batch_size=128, eval_batch_size=256,
+      # A frozen prefix (linear_probe, partial:N) on un-augmented images is computed once and
+      # cached: "auto", "never", or "no_augment" (cache it, dropping augmentation).
+      cache_prefix="auto",
       # Normalization of uint8 images on device: x/255 - mean) / std. None takes the
       # source checkpoint's constants when transferring, else 0.5 / 0.5.
       mean=ml_collections.FieldReference(None, field_type=tuple),
@@ -121,7 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict(dict(
       name="momentum", lr=0.1, momentum=0.9, weight_decay=5e-4, decay_all=False, clip_norm=0.0,
-      schedule="warmup_cosine", warmup_steps=50))
+      schedule="warmup_cosine", warmup_steps=50,
+      # Gradient accumulation: each step averages the gradients of accum_steps micro-batches
+      # of data.batch_size / accum_steps examples (a large effective batch in less memory).
+      accum_steps=1))
 
   c.loss = ml_collections.ConfigDict(dict(name="xent", label_smoothing=0.0))
   return c

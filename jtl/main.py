@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
   # thread at ERROR; jtl's own progress goes to tqdm and stdout, and the error that ends a
   # run is said once below (all of it with --verbose).
   logging.set_verbosity(logging.WARNING if verbose(argv) else logging.FATAL)
-  from jtl import train  # Imported late so that a bad command line fails fast.
+  from jtl import distributed, train  # Imported late so that a bad command line fails fast.
+  distributed.initialize()
   train.enable_compilation_cache()
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
       raise
     fail(os_error(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
          else first_line(e))
-  print(json.dumps(summary, indent=2))
+  if train.jax.process_index() == 0:
+    print(json.dumps(summary, indent=2))
   return summary
 
 

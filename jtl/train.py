@@ -24,7 +24,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jtl import checkpoint, convert, data, models, optim, strategy, writers
+from jtl import checkpoint, convert, data, models, optim, prefix_cache, strategy, writers
 from jtl import config as config_lib
 from jtl import workdir as workdir_lib
 from jtl.regularizers import make_penalty_fn
@@ -42,6 +42,7 @@ class TrainState:
   loss_fn: Callable = struct.field(pytree_node=False)    # (logits, labels) -> per-example loss
   frozen: frozenset = struct.field(pytree_node=False)    # Paths that get no gradient.
   penalty_fn: Callable | None = struct.field(pytree_node=False, default=None)
+  accum_steps: int = struct.field(pytree_node=False, default=1)   # Micro-batches per step.
   source: Any = None   # Source params and batch_stats, for L2-SP / DELTA; not checkpointed.
 
 
@@ -49,29 +50,41 @@ class TrainState:
 # Pure step functions.
 # ---------------------------------------------------------------------------
 def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
-  """One optimizer step on one global batch; returns the new state and metrics."""
+  """One optimizer step on one global batch; returns the new state and metrics.
+
+  With `state.accum_steps` k > 1 the batch is split into k micro-batches whose
+  gradients are averaged before the one update (BatchNorm then sees micro-batch
+  statistics, as in PyTorch's accumulation). Micro-batch j takes every k-th
+  example, so each stays spread over all devices.
+  """
   rng = jax.random.fold_in(rng, state.step)
+  grad_fn = jax.value_and_grad(functools.partial(_loss, state), has_aux=True)
+  k = state.accum_steps
+  if k == 1:
+    (total, (logits, batch_stats, loss, penalties)), grads = grad_fn(
+        state.params, state.batch_stats, batch, rng)
+  else:
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1), batch)
 
-  def loss_of(params):
-    # stop_gradient on frozen parameters takes them off the differentiation path,
-    # so XLA computes no weight gradient (and no backward pass below the lowest
-    # trainable layer) for them.
-    params = _stop_gradient_at(params, state.frozen)
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    logits, out, batch_stats = state.apply_fn(variables, batch["image"], train=True, rng=rng)
-    loss = state.loss_fn(logits, batch["label"]).mean()
-    penalties = (state.penalty_fn(params, out, batch["image"], state.source)
-                 if state.penalty_fn else {})
-    return loss + sum(penalties.values()), (logits, batch_stats, loss, penalties)
+    def accumulate(carry, xs):
+      grads, stats = carry
+      mb, j = xs
+      (total, (logits, stats, loss, penalties)), g = grad_fn(
+          state.params, stats, mb, jax.random.fold_in(rng, j))
+      return (jax.tree.map(jnp.add, grads, g), stats), (total, logits, loss, penalties)
 
-  (total, (logits, batch_stats, loss, penalties)), grads = jax.value_and_grad(
-      loss_of, has_aux=True)(state.params)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats), (total, logits, loss, penalties) = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats), (micro, jnp.arange(k)))
+    grads = jax.tree.map(lambda g: g / k, grads)
+    total, loss, penalties = total.mean(), loss.mean(), jax.tree.map(jnp.mean, penalties)
+    logits = jnp.swapaxes(logits, 0, 1).reshape(-1, logits.shape[-1])   # Back in batch order.
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": loss,               # The data term alone, comparable across strategies.
       "total_loss": total,
-      **{f"penalty/{k}": v for k, v in penalties.items()},
+      **{f"penalty/{name}": v for name, v in penalties.items()},
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "grad_norm": optax.tree.norm(grads),
       "update_norm": optax.tree.norm(updates),
@@ -82,6 +95,20 @@ def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
   return new_state, metrics
 
 
+def _loss(state: TrainState, params, batch_stats, batch, rng):
+  """The training loss of one (micro-)batch and what the step reports of it."""
+  # stop_gradient on frozen parameters takes them off the differentiation path,
+  # so XLA computes no weight gradient (and no backward pass below the lowest
+  # trainable layer) for them.
+  params = _stop_gradient_at(params, state.frozen)
+  variables = {"params": params, "batch_stats": batch_stats}
+  logits, out, batch_stats = state.apply_fn(variables, batch["image"], train=True, rng=rng)
+  loss = state.loss_fn(logits, batch["label"]).mean()
+  penalties = (state.penalty_fn(params, out, batch["image"], state.source)
+               if state.penalty_fn else {})
+  return loss + sum(penalties.values()), (logits, batch_stats, loss, penalties)
+
+
 def eval_step(state: TrainState, batch) -> dict:
   """Sums of loss and correct predictions over the real (mask=True) examples."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -90,6 +117,12 @@ def eval_step(state: TrainState, batch) -> dict:
   return {"loss": jnp.sum(state.loss_fn(logits, batch["label"]) * mask),
           "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
           "count": jnp.sum(mask)}
+
+
+def device_batch(batch: dict, sharding) -> dict:
+  """This process's part of a global batch -> global arrays split over `sharding`'s devices."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
 
 
 def _stop_gradient_at(params, frozen: frozenset):
@@ -120,36 +153,48 @@ class Forward:
   """Normalizes uint8 images on device and runs the model.
 
   A frozen dataclass, so two phases with equal settings compare equal and share
-  one compiled step.
+  one compiled step. With `start` set, training batches hold the activations
+  after that layer (a cached frozen prefix, jtl/prefix_cache.py) and only the
+  layers after it run; evaluation always runs the whole network on images.
   """
   model: Any
   mean: tuple[float, ...]
   std: tuple[float, ...]
   bn_train: tuple[str, ...]   # Stages whose BatchNorm uses batch statistics in training.
+  start: str | None = None
 
   def __call__(self, variables, images, train: bool, rng=None):
-    x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
     if train:
+      x = images if self.start else self.normalize(images)
       (logits, out), new = self.model.apply(variables, x, train=True, bn_train=self.bn_train,
-                                            mutable=["batch_stats"])
+                                            start=self.start, mutable=["batch_stats"])
       return logits, out, new["batch_stats"]
-    logits, out = self.model.apply(variables, x, train=False)
+    logits, out = self.model.apply(variables, self.normalize(images), train=False)
     return logits, out, variables["batch_stats"]
 
+  def normalize(self, images):
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
 
-def make_apply_fn(model, mean, std, bn_train: tuple[str, ...]) -> Forward:
+  def activations(self, variables, images, layer: str):
+    """The output of `layer` (inference mode) for a batch of images."""
+    return self.model.apply(variables, self.normalize(images), train=False)[1][layer]
+
+
+def make_apply_fn(model, mean, std, bn_train: tuple[str, ...], start: str | None = None
+                  ) -> Forward:
   return Forward(model, tuple(float(m) for m in mean), tuple(float(s) for s in std),
-                 tuple(bn_train))
+                 tuple(bn_train), start)
 
 
-def phase_fields(config, model, phase, mean, std, loaded=frozenset(), has_source=False
-                 ) -> tuple[dict, dict[str, optim.LabelHparams]]:
+def phase_fields(config, model, phase, mean, std, loaded=frozenset(), has_source=False,
+                 start: str | None = None) -> tuple[dict, dict[str, optim.LabelHparams]]:
   """The static TrainState fields of one strategy phase (tx, frozen, apply_fn,
-  penalty_fn), and each trained label's lr schedule and weight decay."""
+  penalty_fn), and each trained label's lr schedule and weight decay. `start`: training
+  batches hold the activations after this layer (a cached frozen prefix)."""
   tx, hparams = optim.make_optimizer(config.optim, phase.labels, config.total_steps,
                                      phase.lr_mult, config.strategy.get("labels", {}))
   bn_train = strategy.bn_train_stages(phase.labels, config.strategy.bn)
-  apply_fn = make_apply_fn(model, mean, std, bn_train)
+  apply_fn = make_apply_fn(model, mean, std, bn_train, start)
   fields = dict(tx=tx, frozen=strategy.frozen_paths(phase.labels), apply_fn=apply_fn,
                 penalty_fn=make_penalty_fn(config.reg, phase.labels, loaded, apply_fn, has_source))
   return fields, hparams
@@ -226,16 +271,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_lib.check(config)
   started = time.time()
   batch_size = config.data.batch_size
-  for field in ("batch_size", "eval_batch_size"):
-    if config.data[field] % jax.device_count():
-      raise ValueError(f"config field data.{field}={config.data[field]} must be divisible by "
-                       f"the {jax.device_count()} devices.")
+  accum = config.optim.accum_steps
+  for field, per in (("batch_size", accum), ("eval_batch_size", 1)):
+    if config.data[field] % (jax.device_count() * per):
+      raise ValueError(
+          f"config field data.{field}={config.data[field]} must be divisible by the "
+          f"{jax.device_count()} devices" + (f" x optim.accum_steps={accum}." if per > 1 else "."))
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
-  def put(batch):
-    return {k: jax.make_array_from_process_local_data(sharded, np.asarray(v))
-            for k, v in batch.items()}
+  put = functools.partial(device_batch, sharding=sharded)
 
   # ---- Data ----------------------------------------------------------------
   splits = data.make_splits(config.data, seed=config.seed)
@@ -246,10 +290,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   arch = architecture(config, source_meta)
   mean = config.data.mean or source_meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
   std = config.data.std or source_meta.get("data", {}).get("std") or (0.5,) * config.data.channels
-  train_iter = iter(data.train_dataset(
-      train_src, batch_size=batch_size // jax.process_count(), image_size=config.data.image_size,
-      channels=config.data.channels, augment=config.data.augment, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count()))
 
   # ---- Model, strategy and source weights -------------------------------------
   model = models.get_model(arch["name"], num_classes=num_classes, small_stem=arch["small_stem"],
@@ -276,15 +316,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
   elif config.init:
     _log(f"strategy {strat.name}: training from a random init; {config.init} is not loaded")
 
+  # A frozen prefix with fixed inputs runs once per dataset, not once per step.
+  cached_from, _ = prefix_cache.cut(config, strat)
+  if cached_from:
+    train_src = prefix_cache.cached_source(
+        train_src, make_apply_fn(model, mean, std, ()), {"params": params, "batch_stats": batch_stats},
+        cached_from, prefix_cache.key(config, arch, cached_from, variables, train_src),
+        batch_size=config.data.eval_batch_size, image_size=config.data.image_size,
+        channels=config.data.channels, log=_log)
+    _log(f"training on cached activations after {cached_from}: the frozen prefix runs no more")
+  train_iter = iter(data.train_dataset(
+      train_src, batch_size=batch_size // jax.process_count(),
+      image_size=None if cached_from else config.data.image_size, channels=config.data.channels,
+      augment=config.data.augment and not cached_from, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count()))
+
   def phase_state(k: int, state: TrainState | None, steps_done: int):
     """The state for phase k (its optimizer, frozen set, BatchNorm modes and penalties),
     and its labels' lr schedules for the log."""
     fields, hparams = phase_fields(config, model, strat.phases[k], mean, std, loaded,
-                                   source is not None)
+                                   source is not None, cached_from)
     if state is None:
       return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                         opt_state=fields["tx"].init(params), source=source,
-                        loss_fn=make_loss_fn(config.loss, num_classes), **fields), hparams
+                        loss_fn=make_loss_fn(config.loss, num_classes), accum_steps=accum,
+                        **fields), hparams
     opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
     return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields), hparams
 
@@ -382,6 +438,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "optimizer_state_bytes": optim.optimizer_state_bytes(state.opt_state),
         "optimizer_state_bytes_per_label": optim.state_bytes_per_label(state.opt_state),
         "strategy": strat.name,
+        "prefix_cached_through": cached_from,   # Trained on cached activations after this layer.
         "skipped_files": skipped,
     }
     if best_val is not None:

@@ -1,6 +1,8 @@
 """Tests for jtl.data: sources, split selection and grain pipelines."""
 
 import gzip
+import io
+from pathlib import Path
 
 import grain
 import numpy as np
@@ -8,8 +10,8 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from jtl.data import (ArraySource, carve_validation, class_subset, eval_batches, k_shot, load_source,
-           make_splits, preprocess, random_crop_flip, read_idx, train_dataset)
+from jtl.data import (ArraySource, TfdsSource, carve_validation, class_subset, eval_batches, k_shot,
+           load_source, make_splits, preprocess, random_crop_flip, read_idx, sources, train_dataset)
 
 
 def toy_source(n=64, size=8):
@@ -138,10 +140,109 @@ def test_unknown_dataset_one_line():
 def test_tfds_source_maps_features():
   import tensorflow_datasets as tfds
 
-  with tfds.testing.mock_data(num_examples=6):
+  with tfds.testing.mock_data(num_examples=6):  # no .labels: they would be cached in tfds' own folder
     src = load_source("mnist", "train")
-    assert len(src) == 6 and len(src.labels) == 6 and src.num_classes == 10
-    assert src[0]["image"].shape == (28, 28, 1) and src[0]["label"] == src.labels[0]
+    assert len(src) == 6 and src.num_classes == 10
+    assert src[0]["image"].shape == (28, 28, 1) and 0 <= src[0]["label"] < 10
+
+
+@pytest.fixture
+def tiny_tfds(tmp_path, monkeypatch):
+  """The data_dir of a prepared TFDS dataset "jtl_tiny_images" (array_record): 20 train, 6 test.
+
+  Example i is an 8x8 PNG with every pixel i and label i % 3, so its decoded image tells its label.
+  """
+  import tensorflow_datasets as tfds
+
+  class JtlTinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 3)),
+        "label": tfds.features.ClassLabel(names=["a", "b", "c"])}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(20), "test": self._generate_examples(6)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        png = io.BytesIO()  # PNG bytes: tfds needs TensorFlow to encode an array
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(png, "png")
+        yield i, {"image": png.getvalue(), "label": i % 3}
+
+  JtlTinyImages(data_dir=tmp_path / "tfds", file_format="array_record").download_and_prepare()
+  monkeypatch.setattr(sources, "LABELS_CACHE", str(tmp_path / "home_cache"))
+  return tmp_path / "tfds"
+
+
+def _count_calls(monkeypatch, cls, method) -> list:
+  calls = []
+  original = getattr(cls, method)
+
+  def counted(*args, **kwargs):
+    calls.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(cls, method, counted)
+  return calls
+
+
+def _true_labels(data_dir, split="train"):
+  src = load_source("jtl_tiny_images", split, str(data_dir))
+  return [int(src[i]["image"][0, 0, 0]) % 3 for i in range(len(src))]
+
+
+def test_tfds_labels_decode_no_image_and_are_cached(tiny_tfds, monkeypatch):
+  import tensorflow_datasets as tfds
+
+  truth = _true_labels(tiny_tfds)
+  decoded = _count_calls(monkeypatch, tfds.features.Image, "decode_example_np")
+  records = _count_calls(monkeypatch, tfds.features.FeaturesDict, "deserialize_example_np")
+  assert load_source("jtl_tiny_images", "train", str(tiny_tfds)).labels.tolist() == truth
+  assert (len(decoded), len(records)) == (0, 20)
+  assert np.load(tiny_tfds / "jtl_tiny_images" / "1.0.0" / "jtl_labels-train.npy").tolist() == truth
+  again = load_source("jtl_tiny_images", "train", str(tiny_tfds))
+  assert again.labels.tolist() == truth and len(records) == 20  # from the cache: no record read
+  # The counters do see reads and decodes.
+  assert again[3]["label"] == truth[3] and (len(decoded), len(records)) == (1, 21)
+
+
+def test_tfds_labels_cached_at_home_when_data_is_read_only(tiny_tfds, monkeypatch):
+  import tensorflow_datasets as tfds
+  from etils import epath
+
+  path_type = type(epath.Path(tiny_tfds))
+  open_file = path_type.open
+
+  def read_only(path, mode="r", *args, **kwargs):  # root ignores chmod, so refuse writes here
+    if "w" in mode and str(path).startswith(str(tiny_tfds)):
+      raise PermissionError(f"read-only: {path}")
+    return open_file(path, mode, *args, **kwargs)
+
+  monkeypatch.setattr(path_type, "open", read_only)
+  truth = _true_labels(tiny_tfds, "test")
+  assert load_source("jtl_tiny_images", "test", str(tiny_tfds)).labels.tolist() == truth
+  assert not list(tiny_tfds.rglob("jtl_labels-*"))
+  cached = Path(sources.LABELS_CACHE) / "jtl_tiny_images" / "1.0.0" / "jtl_labels-test.npy"
+  assert np.load(cached).tolist() == truth
+  records = _count_calls(monkeypatch, tfds.features.FeaturesDict, "deserialize_example_np")
+  assert load_source("jtl_tiny_images", "test", str(tiny_tfds)).labels.tolist() == truth and not records
+
+
+def test_whole_tfds_dataset_run_reads_no_labels(tiny_tfds, monkeypatch):
+  def refuse(self):
+    raise AssertionError(f"{self.name} {self.split}: labels read")
+
+  monkeypatch.setattr(TfdsSource, "labels", property(refuse))
+  splits = make_splits({"name": "jtl_tiny_images", "data_dir": str(tiny_tfds)}, seed=0)
+  train = splits["train"]
+  assert (len(train), len(splits["test"]), train.num_classes) == (20, 6, 3)
+  assert train.class_names == ["a", "b", "c"]
+  assert train[5]["label"] == train[5]["image"][0, 0, 0] % 3
+  batch = next(iter(train_dataset(train, batch_size=4, image_size=8, seed=0)))
+  assert batch["image"].shape == (4, 8, 8, 3)
+  assert not list(tiny_tfds.rglob("jtl_labels-*"))
 
 
 def _save(path, mode, size):

@@ -70,14 +70,19 @@ def random_crop_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return out
 
 
-def train_dataset(source, *, batch_size: int, image_size: int, channels: int = 3, augment: bool = True,
-         seed: int, shard_index: int = 0, shard_count: int = 1,
-         read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
-  """An infinite stream of shuffled, augmented batches of this process's shard.
+def train_dataset(source, *, batch_size: int, image_size: int | None, channels: int = 3,
+                  augment: bool = True, seed: int, shard_index: int = 0, shard_count: int = 1,
+                  read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """An infinite stream of shuffled, augmented batches: this process's part of each global batch.
 
   Every epoch is reshuffled; augmentation draws from a per-example rng keyed
   on (seed, position), so the stream is deterministic and its iterator's
-  `get_state()`/`set_state()` resume it exactly. `read_options` overrides
+  `get_state()`/`set_state()` resume it exactly. The global stream does not
+  depend on the number of processes: it is cut into `batch_size` (per-process)
+  chunks and process `shard_index` reads chunks shard_index, shard_index +
+  shard_count, ...; so a global batch is the same on 1 host or 64, and each host
+  reads only its part. `image_size=None` passes the source's "image" arrays on as
+  they are (cached activations, see jtl/prefix_cache.py). `read_options` overrides
   the threads and prefetch buffer (counted in batches).
 
   >>> it = iter(train_dataset(src, batch_size=32, image_size=32, seed=0))   # doctest: +SKIP
@@ -86,22 +91,25 @@ def train_dataset(source, *, batch_size: int, image_size: int, channels: int = 3
   """
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index={shard_index}, shard_count={shard_count}; expected 0 <= index < count")
-  ds = grain.MapDataset.source(source)[shard_index::shard_count]
-  if not len(ds):
-    raise ValueError(f"{getattr(source, 'name', 'source')}: shard {shard_index}/{shard_count} is empty; "
-            "expected at least one example")
+  if not len(source):
+    raise ValueError(f"{getattr(source, 'name', 'source')} is empty; expected at least one example")
+  if image_size is None and augment:
+    raise ValueError("augment=True needs images (image_size); cached activations are not augmented")
   # Batches run across epoch boundaries, so a k-shot set smaller than one batch still works.
   # .seed() gives shuffle and random_map their own seeds derived from this one.
-  ds = ds.seed(seed).shuffle().repeat(None)
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
 
   def to_example(example, rng=None):
+    if image_size is None:
+      return {"image": np.asarray(example["image"]), "label": np.int32(example["label"])}
     image = preprocess(example["image"], image_size=image_size, channels=channels)
     if rng is not None:
       image = random_crop_flip(image, rng)
     return {"image": image, "label": np.int32(example["label"])}
 
   ds = ds.random_map(to_example) if augment else ds.map(to_example)
-  ds = ds.batch(batch_size, drop_remainder=True)
+  # Lazy: this process decodes only the examples of its own chunks.
+  ds = ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count]
   return ds.to_iter_dataset(read_options or _read_options())
 
 

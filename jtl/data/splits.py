@@ -12,6 +12,7 @@ validation out of train, draw k shots from the rest; test is only subset.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -90,7 +91,9 @@ def carve_validation(labels: np.ndarray, *, val_per_class: int | None = None,
 class Subset(Source):
   """A random-access view of `source[indices]` with labels renumbered by `label_map`.
 
-  `label_map` maps original label -> new label (None keeps labels).
+  `label_map` maps original label -> new label (None keeps labels). Without a
+  map, the source's `labels` are read only if this subset's are asked for, so a
+  run on a whole dataset never reads them.
 
   >>> sub = Subset(src, class_subset(src.labels, [5, 9]), {5: 0, 9: 1})   # doctest: +SKIP
   >>> sub.class_names                                                     # doctest: +SKIP
@@ -103,23 +106,31 @@ class Subset(Source):
     self.label_map = dict(label_map) if label_map is not None else None
     self.name = source.name
     self.split = source.split
-    parent_labels = np.asarray(source.labels)[self.indices]
     if self.label_map is None:
-      self.labels = parent_labels
       self.class_names = list(source.class_names)
     else:
-      lookup = np.full(source.num_classes, -1, np.int64)
-      lookup[list(self.label_map)] = list(self.label_map.values())
-      self.labels = lookup[parent_labels]
+      self._lookup = np.full(source.num_classes, -1, np.int64)
+      self._lookup[list(self.label_map)] = list(self.label_map.values())
+      # Checked now: picking a class subset has read the source's labels already.
       if (self.labels < 0).any():
+        missed = np.asarray(source.labels)[self.indices][self.labels < 0]
         raise ValueError(f"{source.name}: label_map {self.label_map} misses labels "
-                f"{sorted(set(parent_labels[self.labels < 0].tolist()))} of the chosen examples")
+                f"{sorted(set(missed.tolist()))} of the chosen examples")
       by_new = sorted(self.label_map, key=self.label_map.get)
       self.class_names = [source.class_names[c] for c in by_new]
 
+  @functools.cached_property
+  def labels(self) -> np.ndarray:
+    parent_labels = np.asarray(self.parent.labels)[self.indices]
+    return parent_labels if self.label_map is None else self._lookup[parent_labels]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
   def __getitem__(self, i: int) -> dict:
     example = dict(self.parent[int(self.indices[i])])
-    example["label"] = int(self.labels[i])
+    if self.label_map is not None:
+      example["label"] = int(self._lookup[example["label"]])
     return example
 
 

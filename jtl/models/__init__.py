@@ -5,7 +5,7 @@ import math
 import flax.linen as nn
 import jax
 
-from jtl.models.resnet import STAGES, ResNet
+from jtl.models.resnet import LAYERS, STAGES, ResNet
 from jtl.models.resnet_v2 import BIT_MODELS, ResNetV2, get_bit_model
 
 # name -> (blocks per stage, bottleneck blocks?)

@@ -16,6 +16,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
+# Where a forward pass can start (`start=`): after a stage, or after the pooling.
+LAYERS = STAGES + ("pre_logits",)
+
+
+def layer_index(start: str | None) -> int:
+  """-1 for None (the whole network), else the position of `start` in LAYERS."""
+  if start is None:
+    return -1
+  if start not in LAYERS:
+    raise ValueError(f"start={start!r}; expected one of {', '.join(LAYERS)}.")
+  return LAYERS.index(start)
 BASE_WIDTHS = (64, 128, 256, 512)
 
 # torchvision initialises convs He-normal over fan_out; matching it keeps
@@ -139,12 +150,15 @@ class ResNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False, bn_train: Iterable[str] | None = None):
+  def __call__(self, x, train: bool = False, bn_train: Iterable[str] | None = None,
+               start: str | None = None):
     """Runs the network.
 
     `bn_train=None` lets every BatchNorm follow `train`. Otherwise only the
     listed stages ("stem", "stage1".."stage4") use batch statistics and update
     their running averages when `train`; the others keep the source statistics.
+    `start` (one of LAYERS) says `x` is that layer's output, e.g. a cached frozen
+    prefix's: only the layers after it run.
     """
     if self.num_classes < 1:
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
@@ -156,17 +170,21 @@ class ResNet(nn.Module):
       return not (train and stage in bn_train)
 
     widths = [max(1, round(w * self.width)) for w in BASE_WIDTHS]
+    first = layer_index(start) + 1   # The first layer to run.
     out = {}
-    x = Stem(widths[0], self.small_stem, self.dtype, self.param_dtype,
-             name="stem")(x, frozen_bn("stem"))
-    out["stem"] = x
+    if first <= 0:
+      x = Stem(widths[0], self.small_stem, self.dtype, self.param_dtype,
+               name="stem")(x, frozen_bn("stem"))
+      out["stem"] = x
     for i, (features, num_blocks) in enumerate(zip(widths, self.stage_sizes), start=1):
       name = f"stage{i}"
-      x = Stage(features, num_blocks, 1 if i == 1 else 2, self.bottleneck,
-                self.dtype, self.param_dtype, name=name)(x, frozen_bn(name))
-      out[name] = x
-    x = jnp.mean(x, axis=(1, 2))
-    out["pre_logits"] = x
+      if first <= i:
+        x = Stage(features, num_blocks, 1 if i == 1 else 2, self.bottleneck,
+                  self.dtype, self.param_dtype, name=name)(x, frozen_bn(name))
+        out[name] = x
+    if first <= 5:
+      x = jnp.mean(x, axis=(1, 2))
+      out["pre_logits"] = x
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="head")(x)
     return logits.astype(jnp.float32), out

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jtl.models.resnet import layer_index
+
 # name -> (blocks per stage, width factor). BiT released R50x1, R50x3, R101x1,
 # R101x3, R152x2 and R152x4; the other combinations are here for from-scratch use.
 BIT_MODELS = {f"bit_r{depth}x{wf}": (blocks, wf)
@@ -141,24 +143,32 @@ class ResNetV2(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False, bn_train: Iterable[str] | None = None):
-    """Runs the network; `train` and `bn_train` are accepted for jtl's trainer and unused."""
+  def __call__(self, x, train: bool = False, bn_train: Iterable[str] | None = None,
+               start: str | None = None):
+    """Runs the network; `train` and `bn_train` are accepted for jtl's trainer and unused.
+
+    `start` (one of LAYERS) says `x` is that layer's output: only the layers after it run.
+    """
     del train, bn_train  # GroupNorm behaves the same in training and inference.
     if self.num_classes < 1:
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = 64 * self.width_factor
+    first = layer_index(start) + 1   # The first layer to run.
     out = {}
-    x = Stem(width, name="stem", **kw)(x)
-    out["stem"] = x
+    if first <= 0:
+      x = Stem(width, name="stem", **kw)(x)
+      out["stem"] = x
     for i, num_blocks in enumerate(self.stage_sizes, start=1):
       name = f"stage{i}"
-      x = Stage(width * 2 ** (i - 1), num_blocks, 1 if i == 1 else 2, name=name, **kw)(x)
-      out[name] = x
-    # Pre-activation units leave their sum un-normalized: one last GN + ReLU.
-    x = nn.relu(_group_norm("pre_head_norm", **kw)(x))
-    x = jnp.mean(x, axis=(1, 2))
-    out["pre_logits"] = x
+      if first <= i:
+        x = Stage(width * 2 ** (i - 1), num_blocks, 1 if i == 1 else 2, name=name, **kw)(x)
+        out[name] = x
+    if first <= 5:
+      # Pre-activation units leave their sum un-normalized: one last GN + ReLU.
+      x = nn.relu(_group_norm("pre_head_norm", **kw)(x))
+      x = jnp.mean(x, axis=(1, 2))
+      out["pre_logits"] = x
     logits = nn.Dense(self.num_classes, name="head", **kw)(x)
     return logits.astype(jnp.float32), out
 
