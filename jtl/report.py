@@ -284,6 +284,7 @@ def write_report(root: str) -> str:
     rs = [r for r in rows if r["stage"] == stage]
     m, lo, hi = mean_ci([r[METRIC] for r in rs])
     lines += [f"Stage `{stage}`: {len(rs)} cell(s), test accuracy {_ci(m, lo, hi)} %.", ""]
+  lines += first_step_lines(rows)
   lines += ["## Provenance", "", f"Study `{study['name']}`" + (f"; budget: {study['budget']}" if study.get("budget") else "") + ".", ""]
   for run in study.get("runs", [])[-3:]:
     lines.append(f"- `{run['command']}` — {run['date']}, commit {run['commit']}, jax {run['jax']} / "
@@ -295,6 +296,20 @@ def write_report(root: str) -> str:
   with open(os.path.join(root, RESULTS_MD), "w") as f:
     f.write(text)
   return text
+
+
+def first_step_lines(rows: list[dict]) -> list[str]:
+  """Time to the end of the first step per stage: the first cell (a cold compile) against
+  the median of the rest (served by the persistent compilation cache)."""
+  lines = []
+  for stage in dict.fromkeys(r["stage"] for r in rows):
+    times = [r["first_step_s"] for r in rows
+             if r["stage"] == stage and r.get("first_step_s") is not None]
+    if len(times) > 1:
+      lines.append(f"Stage `{stage}`: time to the end of the first step (set-up, data, "
+                   f"compile) {times[0]:.1f} s in the first cell, median "
+                   f"{statistics.median(times[1:]):.1f} s in the other {len(times) - 1}.")
+  return lines + [""] if lines else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,7 +35,8 @@ def rows(numbers=NUMBERS, shots=5):
       for seed, (val, test) in enumerate(per_seed):
         out.append({"stage": "target", "cell": f"{strat},{lr},{seed},{shots}", "strategy": strat,
                     "lr": lr, "seed": seed, "shots": shots, "val_accuracy": val,
-                    "test_accuracy": test, "trainable_params": 10, "train_time_s": 1.0})
+                    "test_accuracy": test, "trainable_params": 10, "train_time_s": 1.0,
+                    "first_step_s": 2.0 + seed})
   return out
 
 
@@ -92,7 +93,9 @@ def write(root, result_rows, spec=SPEC):
 
 def test_report_file_shows_chosen_lr_intervals_verdicts_and_plots(tmp_path):
   spec = dict(SPEC, x="shots")
-  write(tmp_path, rows(shots=5) + rows(shots=10), spec)
+  cells = rows(shots=5) + rows(shots=10)
+  cells[0]["first_step_s"] = 9.0   # A cold compile; the others hit the cache.
+  write(tmp_path, cells, spec)
   text = report.write_report(str(tmp_path))
   m, lo, hi = direct_ci([t for _, t in NUMBERS["ft"][0.1]])
   assert f"{100 * m:.1f} ± {100 * (hi - lo) / 2:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in text
@@ -101,3 +104,5 @@ def test_report_file_shows_chosen_lr_intervals_verdicts_and_plots(tmp_path):
   assert os.path.getsize(tmp_path / "accuracy.png") > 0
   assert os.path.getsize(tmp_path / "differences.png") > 0
   assert (tmp_path / report.RESULTS_MD).read_text() == text
+  assert ("Stage `target`: time to the end of the first step (set-up, data, compile) 9.0 s in "
+          "the first cell, median 3.0 s in the other 29.") in text
