@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl import models, optim, strategy
+from jtl import models, optim, prefix_cache, strategy
 
 
 def _num_classes(config) -> int:
@@ -89,4 +89,8 @@ def describe(config) -> str:
       wd = "-" if h is None else f"{h.weight_decay:.3g}"
       lines.append(f"  {label:<10} {n:>12,} {n / total:>9.1%} {lr:>10} {wd:>8} "
                    f"{state_bytes.get(label, 0):>11,}  {_covered(paths, list(flat))}")
+  start, why = prefix_cache.cut(config, strat)
+  lines += ["", f"frozen prefix: stem through {start} computed once per dataset and cached "
+            "(data.cache_prefix)"
+            if start else f"frozen prefix: not cached: {why}"]
   return "\n".join(lines)

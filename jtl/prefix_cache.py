@@ -29,7 +29,7 @@ import flax.traverse_util as tu
 import jax
 import numpy as np
 
-from jtl import data, models, strategy
+from jtl import models, strategy
 
 MODES = ("auto", "never", "no_augment")
 IN_MEMORY_BYTES = 1 << 30   # Larger arrays are memory-mapped from the cache file.
@@ -112,6 +112,7 @@ def cached_source(train_src, forward, variables, start: str, name: str, *,
                   batch_size: int, image_size: int, channels: int, log=print):
   """`train_src` with each image replaced by its activation after `start`: computed once,
   in order and in inference mode, or read from the cache."""
+  from jtl import data   # Here, so that `cut` (used by --dry_run) stays light.
   folder = os.path.join(cache_dir(), name)
   if not os.path.isdir(folder):
     log(f"computing the frozen prefix (through {start}) once for {len(train_src)} images")

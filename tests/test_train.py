@@ -224,7 +224,11 @@ def test_predict_uses_the_checkpoints_own_classes_and_preprocessing(tmp_path):
   from jtl import dry_run
   auto = tiny_config(**{"model.name": "auto", "init": "orbax:" + str(tmp_path / "run"),
                         "strategy.name": "partial:2"})
-  assert dry_run.describe(auto).startswith("strategy partial:2 on resnet18 (")
+  shown = dry_run.describe(auto)
+  assert shown.startswith("strategy partial:2 on resnet18 (")
+  # tiny_config does not augment, so partial:2's frozen stem..stage2 is computed once.
+  assert shown.endswith("frozen prefix: stem through stage2 computed once per dataset and "
+                        "cached (data.cache_prefix)")
   assert len(top) == 3 and all(len(t) == 3 for t in top)
   for t in top:
     probs = [p for _, p in t]
