@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# jtl launcher. Sets up .venv on first use (and the Fashion-MNIST package when run
-# as root), then:
+# jtl launcher. Sets up .venv on first use (and Debian's Fashion-MNIST and oneDNN
+# packages when run as root), then:
 #   ./launch.sh CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR   one run
 #   ./launch.sh experiments/NAME.py [ARGS ...]                           a study or benchmark
 #   ./launch.sh sweep experiments/NAME.py [--workdir DIR] [--print_commands]   a study's grid
@@ -14,9 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 setup() {
-  if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] && [[ $(id -u) == 0 ]]; then
-    echo "jtl: installing Debian's dataset-fashion-mnist ..." >&2
-    (apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }) >&2
+  # Debian's packages, when run as root: Fashion-MNIST's files, and oneDNN, whose CPU
+  # convolutions jtl/ops compiles against on first use (without it jtl uses XLA's).
+  local want=()
+  [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || want+=(dataset-fashion-mnist)
+  [[ -f /usr/include/oneapi/dnnl/dnnl.hpp || -f /usr/include/dnnl.hpp ]] || want+=(libdnnl-dev)
+  if [[ ${#want[@]} -gt 0 && $(id -u) == 0 ]]; then
+    echo "jtl: installing Debian's ${want[*]} ..." >&2
+    (apt-get install -y -q "${want[@]}" || { apt-get update -q && apt-get install -y -q "${want[@]}"; }) >&2
   fi
   if [[ ! -x .venv/bin/python ]]; then
     echo "jtl: creating .venv ..." >&2
