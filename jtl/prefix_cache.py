@@ -89,25 +89,6 @@ def cache_dir() -> str:
       os.path.expanduser("~"), ".cache", "jtl", "prefix")
 
 
-class ActivationSource:
-  """Cached activations as a source: item i is {"image": activation i, "label": label i}."""
-
-  def __init__(self, activations: np.ndarray, labels: np.ndarray, like):
-    self.activations, self.labels = activations, labels
-    self.name, self.split = like.name, like.split
-    self.class_names = like.class_names
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def __getitem__(self, i: int) -> dict:
-    return {"image": self.activations[i], "label": int(self.labels[i])}
-
-
 def cached_source(train_src, forward, variables, start: str, name: str, *,
                   batch_size: int, image_size: int, channels: int, log=print):
   """`train_src` with each image replaced by its activation after `start`: computed once,
@@ -136,4 +117,5 @@ def cached_source(train_src, forward, variables, start: str, name: str, *,
   activations = np.load(os.path.join(folder, "activations.npy"), mmap_mode="r")
   if activations.nbytes <= IN_MEMORY_BYTES:
     activations = np.array(activations)
-  return ActivationSource(activations, np.load(os.path.join(folder, "labels.npy")), train_src)
+  return data.ArraySource(train_src.name, activations, np.load(os.path.join(folder, "labels.npy")),
+                          train_src.class_names, train_src.split)

@@ -81,8 +81,8 @@ def train_dataset(source, *, batch_size: int, image_size: int | None, channels: 
   depend on the number of processes: it is cut into `batch_size` (per-process)
   chunks and process `shard_index` reads chunks shard_index, shard_index +
   shard_count, ...; so a global batch is the same on 1 host or 64, and each host
-  reads only its part. `image_size=None` passes the source's "image" arrays on as
-  they are (cached activations, see jtl/prefix_cache.py). `read_options` overrides
+  reads only its part. `image_size=None` takes an ArraySource's `images` as they
+  are (cached activations, see jtl/prefix_cache.py). `read_options` overrides
   the threads and prefetch buffer (counted in batches).
 
   >>> it = iter(train_dataset(src, batch_size=32, image_size=32, seed=0))   # doctest: +SKIP
@@ -97,11 +97,17 @@ def train_dataset(source, *, batch_size: int, image_size: int | None, channels: 
     raise ValueError("augment=True needs images (image_size); cached activations are not augmented")
   # Batches run across epoch boundaries, so a k-shot set smaller than one batch still works.
   # .seed() gives shuffle and random_map their own seeds derived from this one.
+  if image_size is None:
+    # Ready arrays (an ArraySource of cached activations): the same shuffled order, each
+    # batch gathered with one indexing instead of an example at a time.
+    images, labels = source.images, np.asarray(source.labels, np.int32)
+    ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
+    ds = ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count]
+    ds = ds.map(lambda i: {"image": np.asarray(images[np.asarray(i)]), "label": labels[i]})
+    return ds.to_iter_dataset(read_options or _read_options())
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
 
   def to_example(example, rng=None):
-    if image_size is None:
-      return {"image": np.asarray(example["image"]), "label": np.int32(example["label"])}
     image = preprocess(example["image"], image_size=image_size, channels=channels)
     if rng is not None:
       image = random_crop_flip(image, rng)
