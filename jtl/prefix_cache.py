@@ -62,7 +62,7 @@ def cut(config, strat) -> tuple[str | None, str]:
   return ("pre_logits" if fixed == len(models.STAGES) else models.STAGES[fixed - 1]), ""
 
 
-def key(config, arch: dict, start: str, variables, train_src) -> str:
+def key(config, arch: dict, start: str, variables, train_src, mean, std) -> str:
   """A hash naming the cached activations: the prefix's weights, the data and preprocessing."""
   h = hashlib.sha256()
   last = models.LAYERS.index(start)
@@ -77,7 +77,7 @@ def key(config, arch: dict, start: str, variables, train_src) -> str:
       "arch": arch, "dtype": config.model.dtype, "start": start,
       "data": [parent.name, parent.split, config.data.data_dir, len(parent),
                config.data.skip_corrupt, config.data.image_size, config.data.channels,
-               list(config.data.mean or ()), list(config.data.std or ())],
+               list(mean), list(std)],   # As resolved: the config's or the source's.
       "label_map": sorted((getattr(train_src, "label_map", None) or {}).items()),
   }, sort_keys=True, default=str).encode())
   h.update(np.asarray(getattr(train_src, "indices", np.arange(len(train_src)))).tobytes())

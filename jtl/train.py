@@ -319,9 +319,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # A frozen prefix with fixed inputs runs once per dataset, not once per step.
   cached_from, _ = prefix_cache.cut(config, strat)
   if cached_from:
+    name = prefix_cache.key(config, arch, cached_from, variables, train_src, mean, std)
     train_src = prefix_cache.cached_source(
-        train_src, make_apply_fn(model, mean, std, ()), {"params": params, "batch_stats": batch_stats},
-        cached_from, prefix_cache.key(config, arch, cached_from, variables, train_src),
+        train_src, make_apply_fn(model, mean, std, ()),
+        {"params": params, "batch_stats": batch_stats}, cached_from, name,
         batch_size=config.data.eval_batch_size, image_size=config.data.image_size,
         channels=config.data.channels, log=_log)
     _log(f"training on cached activations after {cached_from}: the frozen prefix runs no more")
