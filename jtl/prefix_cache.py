@@ -8,7 +8,9 @@ activation after the prefix is computed once, and every step runs only the
 layers after it. The activations are stored in $JTL_PREFIX_CACHE or
 ~/.cache/jtl/prefix, named by a hash of the prefix's weights and of the data,
 so the cells of a sweep that share a source and a dataset compute them once;
-arrays over 1 GiB are memory-mapped from there instead of read into memory.
+arrays over 1 GiB are memory-mapped from there instead of read into memory. The
+data's part of the hash is its name, split, size, chosen examples and preprocessing,
+not its pixels: after changing images in place, delete the cache folder.
 
 data.cache_prefix: "auto" (cache when the above holds), "never", or "no_augment"
 (cache even when data.augment is on, training without augmentation).
