@@ -47,6 +47,7 @@ case "$1" in
     # Every worker runs this script with the same arguments; JAX finds the pod's processes.
     [[ $# -ge 5 && $3 == --zone ]] || { echo "usage: ./launch.sh --tpu NAME --zone ZONE CONFIG ..." >&2; exit 2; }
     name=$2 zone=$4; shift 4
+    command -v gcloud >/dev/null || { echo "jtl: error: --tpu runs the gcloud CLI on every worker, and gcloud is not installed here." >&2; exit 2; }
     exec gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all \
       --command="cd ${JTL_REMOTE_DIR:-~/jtl} && JTL_DISTRIBUTED=1 ./launch.sh $(printf '%q ' "$@")" ;;
 esac
@@ -55,6 +56,7 @@ export PYTHONUNBUFFERED=1
 case "$1" in
   --slurm)
     shift; config="$1"; shift
+    command -v srun >/dev/null || { echo "jtl: error: --slurm runs srun, which is not here; use it inside a SLURM allocation (sbatch or salloc)." >&2; exit 2; }
     exec srun --kill-on-bad-exit=1 env JTL_DISTRIBUTED=1 .venv/bin/python -m jtl.main --config="$config" "$@" ;;
   --processes)
     [[ $# -ge 3 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "usage: ./launch.sh --processes N CONFIG ..." >&2; exit 2; }

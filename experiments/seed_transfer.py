@@ -1,6 +1,6 @@
 r"""The main study: the seed article's source -> target flow, over enough seeds to decide.
 
-  ./launch.sh experiments/seed_transfer.py        # 9 min on 2 CPU cores, plus set-up
+  ./launch.sh experiments/seed_transfer.py        # 12 min on 2 CPU cores, plus set-up
   ./launch.sh report runs/seed_transfer            # remake RESULTS.md and the plots
 
 1. Source: a small-stem ResNet-18 (width 0.25) trained once on Fashion-MNIST
@@ -41,7 +41,7 @@ STRATEGIES = {
 
 STUDY = sweep.Study(
     name="seed_transfer",
-    budget="9 minutes on 2 CPU cores (AMD Zen 5) after set-up of .venv",
+    budget="12 minutes on 2 CPU cores (AMD Zen 5) after set-up of .venv",
     stages=(
         sweep.Stage("source", "configs/source.py", fixed={"progress": False}),
         sweep.Stage("target", "configs/transfer.py:shots=5,batch=25,steps=100",

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
+#include <new>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -143,6 +145,10 @@ struct Buffer {
       std::free(data);
       size = (bytes + 63) / 64 * 64;
       data = std::aligned_alloc(64, size);
+      if (data == nullptr) {
+        size = 0;
+        throw std::bad_alloc();
+      }
     }
     return data;
   }
@@ -195,6 +201,10 @@ ffi::Error Conv(ffi::AnyBuffer in0, ffi::AnyBuffer in1,
   s.pad_l = {padding[0], padding[2]};
   s.pad_r = {padding[1], padding[3]};
 
+  // One convolution at a time: each already spreads over every core through OpenMP,
+  // and concurrent OpenMP regions from XLA's threads are one suspect of a rare abort.
+  static std::mutex running;
+  std::lock_guard<std::mutex> one_at_a_time(running);
   try {
     const Plan& plan = GetPlan(kind, s);
     const dnnl::engine& engine = Engine();
@@ -230,6 +240,8 @@ ffi::Error Conv(ffi::AnyBuffer in0, ffi::AnyBuffer in1,
       plan.reorder->execute(stream, conv_weights, user_weights);
     stream.wait();
   } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
+  } catch (const std::exception& e) {  // e.g. bad_alloc: an error for Python, not an abort.
     return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
   }
   return ffi::Error::Success();
