@@ -9,6 +9,7 @@ medians in ms and the ratios XLA / oneDNN and torch / oneDNN.
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -19,6 +20,8 @@ import torch
 from jax import lax
 
 from jtl import ops
+
+os.environ["JTL_ONEDNN"] = "1"   # oneDNN is opt-in; this benchmark is about it.
 
 # (batch, size, in, out, kernel, stride)
 LAYERS = [(32, 56, 64, 64, 3, 1), (32, 14, 256, 256, 3, 1)]
