@@ -51,11 +51,9 @@ def test_the_trainers_explicitly_sharded_step_runs_on_onednn():
   # custom calls' results must carry them too, or the VJP refuses its cotangent.
   from jax.sharding import NamedSharding, PartitionSpec as P
   from jtl import train
-  from test_scale import small_state
-  from test_train import fixed_batch
+  from test_train import fixed_batch, tiny_state
   mesh = jax.make_mesh((1,), ("data",))
-  state = jax.device_put(small_state(bn_train=("stem", "stage1", "stage2", "stage3", "stage4")),
-                         NamedSharding(mesh, P()))
+  state = jax.device_put(tiny_state(), NamedSharding(mesh, P()))
   batch = train.device_batch(fixed_batch(16), NamedSharding(mesh, P("data")))
   step = jax.jit(train.train_step)
   hlo = step.lower(state, batch, jax.random.key(0)).compile().as_text()

@@ -8,37 +8,25 @@ import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jtl import checkpoint, models, prefix_cache, strategy, train, writers
 from jtl.data import train_dataset
 from test_data import toy_source
-from test_train import fixed_batch, tiny_config
+from test_train import fixed_batch, tiny_config, tiny_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def small_state(accum_steps=1, dtype=jnp.float32, bn_train=()):
-  model = models.get_model("resnet18", num_classes=3, small_stem=True, width=0.125, dtype=dtype)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-  tx = optax.sgd(0.1)
-  return train.TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-      apply_fn=train.make_apply_fn(model, (0.5,), (0.5,), bn_train), tx=tx,
-      loss_fn=train.make_loss_fn(tiny_config().loss, 3), frozen=frozenset(),
-      accum_steps=accum_steps)
 
 
 def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
   # BatchNorm in inference mode: then the loss of the batch is the mean over micro-batches.
   batch = fixed_batch(16)
-  one, m1 = jax.jit(train.train_step)(small_state(1), batch, jax.random.key(0))
-  four, m4 = jax.jit(train.train_step)(small_state(4), batch, jax.random.key(0))
+  step = jax.jit(train.train_step)
+  one, m1 = step(tiny_state(bn_train=()), batch, jax.random.key(0))
+  four, m4 = step(tiny_state(bn_train=(), accum_steps=4), batch, jax.random.key(0))
   for key in ("loss", "accuracy", "grad_norm"):
     assert float(m4[key]) == pytest.approx(float(m1[key]), rel=1e-5), key
-  start = tu.flatten_dict(small_state().params, sep="/")
+  start = tu.flatten_dict(tiny_state(bn_train=()).params, sep="/")
   a, b = tu.flatten_dict(one.params, sep="/"), tu.flatten_dict(four.params, sep="/")
   for k in a:
     np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -51,7 +39,7 @@ def test_accumulation_steps_must_divide_the_batch():
 
 
 def test_bfloat16_compute_runs_convolutions_in_bf16_on_float32_params():
-  state = small_state(dtype=jnp.bfloat16)
+  state = tiny_state(dtype=jnp.bfloat16, bn_train=())
   hlo = jax.jit(train.train_step).lower(state, fixed_batch(4), jax.random.key(0)).as_text()
   # XLA's convolutions, or oneDNN's custom calls on CPU: either way on bf16 operands.
   convs = [l for l in hlo.splitlines() if "convolution" in l or "jtl_onednn_conv" in l]

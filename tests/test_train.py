@@ -34,16 +34,16 @@ def tiny_config(**overrides):
   return c
 
 
-def tiny_state(lr=0.1):
-  model = models.get_model("resnet18", num_classes=3, small_stem=True, width=0.125)
+def tiny_state(lr=0.1, *, dtype=jnp.float32, bn_train=models.STAGES, accum_steps=1):
+  model = models.get_model("resnet18", num_classes=3, small_stem=True, width=0.125, dtype=dtype)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   tx = optax.sgd(lr)
   return train.TrainState(
       step=jnp.zeros((), jnp.int32), params=variables["params"],
       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-      apply_fn=train.make_apply_fn(model, (0.5,), (0.5,), ("stem", "stage1", "stage2",
-                                                             "stage3", "stage4")),
-      tx=tx, loss_fn=train.make_loss_fn(base_config().loss, 3), frozen=frozenset())
+      apply_fn=train.make_apply_fn(model, (0.5,), (0.5,), bn_train),
+      tx=tx, loss_fn=train.make_loss_fn(base_config().loss, 3), frozen=frozenset(),
+      accum_steps=accum_steps)
 
 
 def fixed_batch(n=12):
