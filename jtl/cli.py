@@ -68,7 +68,7 @@ def _tfds_prepared() -> list[str]:
 
 def listing() -> str:
   """What `jtl list` prints: everything a config can name."""
-  from jtl import models, strategy
+  from jtl import adapt, data, models, strategy
   from jtl.convert.export import PREFIXES
   lines = ["strategies (strategy=NAME):"]
   lines += [f"  {k:<18} {v}" for k, v in strategy.DESCRIPTIONS.items()]
@@ -78,7 +78,12 @@ def listing() -> str:
             "  digits             scikit-learn's 8x8 digits (1437 train / 360 test)",
             "  folder:PATH        an ImageFolder tree, PATH/<class>/<image> or PATH/train + PATH/test",
             "  TFDS_NAME          any TFDS dataset; prepared here: "
-            + (", ".join(_tfds_prepared()) or "none")]
+            + (", ".join(_tfds_prepared()) or "none"),
+            "  NAME+shift:C:S     NAME with corruption C at severity S (1-5), e.g. "
+            "fashion_mnist+shift:blur:3;",
+            "                     C is one of " + ", ".join(data.CORRUPTIONS)]
+  lines += ["", "domain adaptation (--config.adapt.method=M, with --config.adapt.target=NAME):",
+            "  " + ", ".join(adapt.METHODS) + " (jtl/adapt.py)"]
   lines += ["", "models (model=NAME):", "  " + ", ".join(models.MODELS) + "; BiT: "
             + ", ".join(models.BIT_MODELS) + "; auto (the init checkpoint's)"]
   lines += ["", "checkpoint formats (init=...):",

@@ -67,6 +67,16 @@ def check(c) -> None:
   if c.data.batch_size % c.optim.accum_steps:
     raise ValueError(f"config field data.batch_size={c.data.batch_size} must be divisible by "
                      f"optim.accum_steps={c.optim.accum_steps}.")
+  from jtl.adapt import METHODS
+  if c.adapt.method not in METHODS:
+    raise ValueError(f"config field adapt.method={c.adapt.method!r}; expected one of "
+                     f"{', '.join(METHODS)}.")
+  if c.adapt.method != "none" and not c.adapt.target:
+    raise ValueError(f"config field adapt.method={c.adapt.method!r} needs unlabeled target "
+                     "images: set adapt.target to a dataset (e.g. fashion_mnist+shift:invert:1).")
+  if c.adapt.weight < 0 or c.adapt.target_batch_size < 0 or c.adapt.target_val_per_class < 0:
+    raise ValueError("config fields adapt.weight, adapt.target_batch_size and "
+                     "adapt.target_val_per_class must be >= 0.")
   if c.model.dtype not in DTYPES:
     raise ValueError(f"config field model.dtype={c.model.dtype!r}; expected one of "
                      f"{', '.join(DTYPES)}.")
@@ -142,6 +152,18 @@ def base_config() -> ml_collections.ConfigDict:
       accum_steps=1))
 
   c.loss = ml_collections.ConfigDict(dict(name="xent", label_smoothing=0.0))
+
+  # Domain adaptation (jtl/adapt.py). With a target, the run's test accuracy is measured on
+  # the target's test split; its labels are never read in training.
+  c.adapt = ml_collections.ConfigDict(dict(
+      target="",             # Unlabeled target images: a dataset name, e.g. fashion_mnist+shift:invert:1.
+      method="none",         # none (source only), dann, cdan, coral, mmd.
+      weight=1.0,            # The term's coefficient.
+      target_batch_size=0,   # Unlabeled images per step (0: data.batch_size).
+      target_val_per_class=0,   # Labeled target images per class carved off for validation.
+      hidden=256,            # dann / cdan: width of the domain head's two hidden layers.
+      gamma=10.0,            # dann / cdan: steepness of the reversal weight's rise.
+      mmd_bandwidths=(0.25, 0.5, 1.0, 2.0, 4.0)))   # mmd: kernel widths x mean sq. distance.
   return c
 
 

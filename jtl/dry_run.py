@@ -44,7 +44,7 @@ def _covered(paths: list[str], all_paths: list[str]) -> str:
 
 def resolve(config):
   """Parameter shapes (no arrays) and the resolved strategy of `config`."""
-  from jtl import convert, train
+  from jtl import adapt, convert, train
   # model="auto" reads the architecture off the init checkpoint, as the trainer does.
   meta = convert.load(config.init)[2] if config.model.name == "auto" and config.init else {}
   arch = train.architecture(config, meta)
@@ -53,6 +53,8 @@ def resolve(config):
   size = config.data.image_size
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                           jnp.zeros((1, size, size, config.data.channels)))["params"]
+  shapes = jax.eval_shape(functools.partial(adapt.add_head, config.adapt, shapes),
+                          jax.random.key(1))   # A domain head (dann, cdan) trains like the rest.
   strat = strategy.resolve(config.strategy, shapes, config.total_steps)
   for phase in strat.phases:   # Optimizer, schedule and BatchNorm settings are checked too.
     optim.make_optimizer(config.optim, phase.labels, config.total_steps, phase.lr_mult,

@@ -48,6 +48,8 @@ def cut(config, strat) -> tuple[str | None, str]:
   if config.data.augment and mode != "no_augment":
     return None, ("data.augment is on, so the prefix sees a new crop every epoch "
                   "(data.cache_prefix=no_augment trains without augmentation)")
+  if config.adapt.method != "none":
+    return None, f"adapt.method={config.adapt.method!r} runs the target images through every layer"
   if config.reg.delta or config.reg.bss:
     return None, "reg.delta and reg.bss need every layer's features at each step"
   # The layers from the input on that no phase trains (weights or BatchNorm statistics).

@@ -57,8 +57,10 @@ def _key(row: dict, axes: Sequence[str]) -> tuple:
 def select(rows: list[dict], spec: dict) -> dict:
   """(by..., compared) -> {"choice": selected value or None, "rows": that choice's rows}.
 
-  The choice maximizes the mean validation accuracy over seeds (ties: first declared).
+  The choice maximizes the mean of spec["select_on"] (validation accuracy unless the
+  study names another result) over seeds; ties: first declared.
   """
+  on = spec.get("select_on") or SELECT_ON
   groups = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in rows:
     choice = r.get(spec["select"]) if spec.get("select") else None
@@ -66,7 +68,7 @@ def select(rows: list[dict], spec: dict) -> dict:
   out = {}
   for key, by_choice in groups.items():
     def score(choice):
-      vals = [r.get(SELECT_ON) for r in by_choice[choice]]
+      vals = [r.get(on) for r in by_choice[choice]]
       return statistics.fmean(vals) if vals and None not in vals else -1.0
     best = max(by_choice, key=score)
     out[key] = {"choice": best, "rows": by_choice[best],
@@ -116,10 +118,12 @@ def tables(rows: list[dict], spec: dict, reference: Sequence[dict] = ()) -> tupl
   """
   chosen = select(rows, spec)
   compare, by, sel = spec["compare"], list(spec["by"]), spec.get("select")
+  on, columns = spec.get("select_on") or SELECT_ON, list(spec.get("columns") or ())
   order = list(dict.fromkeys(r[compare] for r in rows))
   splits = list(dict.fromkeys(_key(r, by) for r in rows))
-  head = [*by, compare] + ([f"{sel} (chosen on val)"] if sel else []) + [
-      "seeds", "val acc %", "test acc % (mean ± 95% CI)", "trainable params", "train s / cell"]
+  head = [*by, compare] + ([f"{sel} (chosen on {_words(on)})"] if sel else []) + [
+      "seeds", f"{_words(on)} %", "test acc % (mean ± 95% CI)",
+      *(f"{_words(c)} %" for c in columns), "trainable params", "train s / cell"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for split in splits:
     for name in order:
@@ -128,9 +132,9 @@ def tables(rows: list[dict], spec: dict, reference: Sequence[dict] = ()) -> tupl
         continue
       rs = c["rows"]
       m, lo, hi = mean_ci([r[METRIC] for r in rs])
-      val = statistics.fmean(r[SELECT_ON] for r in rs) if all(r.get(SELECT_ON) is not None for r in rs) else None
       cells = [*map(str, split), str(name)] + ([_choice_text(c)] if sel else []) + [
-          str(len(rs)), _pct(val), _ci(m, lo, hi), f"{rs[0].get('trainable_params') or 0:,}",
+          str(len(rs)), _pct(_mean_of(rs, on)), _ci(m, lo, hi),
+          *(_pct(_mean_of(rs, k)) for k in columns), f"{rs[0].get('trainable_params') or 0:,}",
           f"{statistics.fmean(r.get('train_time_s') or 0 for r in rs):.0f}"]
       lines.append("| " + " | ".join(cells) + " |")
   diffs = []
@@ -156,6 +160,16 @@ def tables(rows: list[dict], spec: dict, reference: Sequence[dict] = ()) -> tupl
               + (" (the reference stage)" if spec.get("reference") else "")
               + " on the same seeds (the same data draw); test accuracy, percentage points:", ""] + dl
   return "\n".join(lines), diffs
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+  vals = [r.get(key) for r in rows]
+  return statistics.fmean(vals) if vals and None not in vals else None
+
+
+def _words(key: str) -> str:
+  """"target_val_accuracy" -> "target val acc"."""
+  return key.replace("_accuracy", " acc").replace("_", " ")
 
 
 def _choice_text(c: dict) -> str:
@@ -270,7 +284,7 @@ def write_report(root: str) -> str:
   if spec.get("notes"):
     lines += [spec["notes"].strip(), ""]
   lines += [f"Test accuracy in percent over seeds: mean ± half-width of the 95% Student-t "
-            f"interval [low, high]. {'`' + spec['select'] + '` is chosen per row on mean validation accuracy (never test); the validation means of every choice are shown. ' if spec.get('select') else ''}"
+            f"interval [low, high]. {'`' + spec['select'] + '` is chosen per row on mean ' + _words(spec.get('select_on') or SELECT_ON) + ' (never test); the means of every choice are shown. ' if spec.get('select') else ''}"
             "A claim that one strategy beats another is made only where the paired interval "
             "excludes 0.", "", text, ""]
   verdicts = [f"- {d['a']} − {d['b']}" + (f" at {', '.join(f'{k}={v}' for k, v in d['split'].items())}"

@@ -29,6 +29,7 @@ FREEZE = "freeze"
 TRAIN = "train"
 LINEAR_PROBE = (("head/.*", TRAIN), (".*", FREEZE))
 FULL = ((".*", TRAIN),)
+DOMAIN_HEAD = "domain_head"   # Domain adaptation's classifier, jtl/adapt.py.
 
 # Stage order from the input up; "head" last.
 ORDER = STAGES + ("head",)
@@ -159,6 +160,10 @@ def resolve(cfg, params, total_steps: int) -> Strategy:
     if base in NEEDS_ARG and not arg:
       raise ValueError(f"strategy {base!r} needs an argument, e.g. {base}:2 or {base}:stage3.")
     phases = PRESETS[base](arg, cfg, paths, total_steps)
+    if any(p.startswith(DOMAIN_HEAD + "/") for p in paths):
+      # A domain classifier (jtl/adapt.py) is new in every run: presets train it throughout.
+      phases = [dataclasses.replace(p, rules=((f"{DOMAIN_HEAD}/.*", TRAIN),) + p.rules)
+                for p in phases]
   overrides = dict(cfg.get("lr_mult") or {})
   phases = [dataclasses.replace(p, lr_mult={**p.lr_mult, **overrides},
                                 labels=assign_labels(p.rules, params)) for p in phases]

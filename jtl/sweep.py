@@ -137,7 +137,9 @@ class Report:
   axes that split the table (e.g. ("shots",)); baseline: the compared value that
   paired differences are taken against; reference: instead of a baseline, a stage
   (e.g. a base model trained on the target alone) whose cells are paired by seed; x:
-  an axis to plot accuracy against.
+  an axis to plot accuracy against; select_on: the result a `select` maximizes (e.g.
+  "target_val_accuracy", a labeled target carve); columns: further results shown as
+  means (e.g. ("source_test_accuracy",)).
   """
   stage: str
   compare: str
@@ -146,6 +148,8 @@ class Report:
   select: str | None = None
   by: tuple[str, ...] = ()
   x: str | None = None
+  select_on: str = "val_accuracy"
+  columns: tuple[str, ...] = ()
   title: str = ""
   notes: str = ""
 
@@ -286,7 +290,8 @@ def command(cell: Cell) -> str:
 def result_row(cell: Cell, summary: dict) -> dict:
   keep = ("val_accuracy", "best_val_accuracy", "best_val_step", "test_accuracy", "test_loss",
           "train_time_s", "first_step_s", "images_per_sec", "trainable_params", "total_params",
-          "optimizer_state_bytes", "steps", "train_examples", "test_examples")
+          "optimizer_state_bytes", "steps", "train_examples", "test_examples",
+          "source_test_accuracy", "target_val_accuracy")   # Domain adaptation's (jtl/adapt.py).
   return {"stage": cell.stage, "cell": cell.name, **cell.labels, "fields": cell.fields,
           **{k: summary.get(k) for k in keep}, "workdir": cell.workdir}
 

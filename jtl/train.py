@@ -24,7 +24,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jtl import checkpoint, convert, data, models, optim, prefix_cache, strategy, writers
+from jtl import adapt, checkpoint, convert, data, models, optim, prefix_cache, strategy, writers
 from jtl import config as config_lib
 from jtl import workdir as workdir_lib
 from jtl.regularizers import make_penalty_fn
@@ -43,6 +43,8 @@ class TrainState:
   frozen: frozenset = struct.field(pytree_node=False)    # Paths that get no gradient.
   penalty_fn: Callable | None = struct.field(pytree_node=False, default=None)
   accum_steps: int = struct.field(pytree_node=False, default=1)   # Micro-batches per step.
+  # Domain adaptation's term (jtl/adapt.py), on batches that carry "target_image".
+  adapt_fn: Callable | None = struct.field(pytree_node=False, default=None)
   source: Any = None   # Source params and batch_stats, for L2-SP / DELTA; not checkpointed.
 
 
@@ -61,7 +63,7 @@ def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
   grad_fn = jax.value_and_grad(functools.partial(_loss, state), has_aux=True)
   k = state.accum_steps
   if k == 1:
-    (total, (logits, batch_stats, loss, penalties)), grads = grad_fn(
+    (total, (logits, batch_stats, loss, terms)), grads = grad_fn(
         state.params, state.batch_stats, batch, rng)
   else:
     micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1), batch)
@@ -69,22 +71,22 @@ def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
     def accumulate(carry, xs):
       grads, stats = carry
       mb, j = xs
-      (total, (logits, stats, loss, penalties)), g = grad_fn(
+      (total, (logits, stats, loss, terms)), g = grad_fn(
           state.params, stats, mb, jax.random.fold_in(rng, j))
-      return (jax.tree.map(jnp.add, grads, g), stats), (total, logits, loss, penalties)
+      return (jax.tree.map(jnp.add, grads, g), stats), (total, logits, loss, terms)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, batch_stats), (total, logits, loss, penalties) = jax.lax.scan(
+    (grads, batch_stats), (total, logits, loss, terms) = jax.lax.scan(
         accumulate, (zeros, state.batch_stats), (micro, jnp.arange(k)))
     grads = jax.tree.map(lambda g: g / k, grads)
-    total, loss, penalties = total.mean(), loss.mean(), jax.tree.map(jnp.mean, penalties)
+    total, loss, terms = total.mean(), loss.mean(), jax.tree.map(jnp.mean, terms)
     logits = jnp.swapaxes(logits, 0, 1).reshape(-1, logits.shape[-1])   # Back in batch order.
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": loss,               # The data term alone, comparable across strategies.
       "total_loss": total,
-      **{f"penalty/{name}": v for name, v in penalties.items()},
+      **terms,    # penalty/<name>, adapt/<method> and what adaptation logs besides.
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "grad_norm": optax.tree.norm(grads),
       "update_norm": optax.tree.norm(updates),
@@ -96,17 +98,31 @@ def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
 
 
 def _loss(state: TrainState, params, batch_stats, batch, rng):
-  """The training loss of one (micro-)batch and what the step reports of it."""
+  """The training loss of one (micro-)batch and what the step reports of it.
+
+  With domain adaptation the batch's unlabeled target images run through the
+  network together with the labeled ones (one BatchNorm batch, as in DANN); the
+  classification loss and the penalties see the labeled part only.
+  """
   # stop_gradient on frozen parameters takes them off the differentiation path,
   # so XLA computes no weight gradient (and no backward pass below the lowest
   # trainable layer) for them.
   params = _stop_gradient_at(params, state.frozen)
   variables = {"params": params, "batch_stats": batch_stats}
-  logits, out, batch_stats = state.apply_fn(variables, batch["image"], train=True, rng=rng)
-  loss = state.loss_fn(logits, batch["label"]).mean()
-  penalties = (state.penalty_fn(params, out, batch["image"], state.source)
-               if state.penalty_fn else {})
-  return loss + sum(penalties.values()), (logits, batch_stats, loss, penalties)
+  images, n = batch["image"], batch["label"].shape[0]
+  if state.adapt_fn:
+    images = jnp.concatenate([images, batch[data.TARGET_IMAGE]])
+  logits, out, batch_stats = state.apply_fn(variables, images, train=True, rng=rng)
+  loss = state.loss_fn(logits[:n], batch["label"]).mean()
+  penalties = (state.penalty_fn(params, {k: v[:n] for k, v in out.items()}, batch["image"],
+                                state.source) if state.penalty_fn else {})
+  terms = {f"penalty/{name}": v for name, v in penalties.items()}
+  added = sum(penalties.values())
+  if state.adapt_fn:
+    adapt_terms, adapt_metrics = state.adapt_fn(params, out, logits, n, state.step)
+    terms |= {f"adapt/{name}": v for name, v in adapt_terms.items()} | adapt_metrics
+    added += sum(adapt_terms.values())
+  return loss + added, (logits[:n], batch_stats, loss, terms)
 
 
 def eval_step(state: TrainState, batch) -> dict:
@@ -277,6 +293,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       raise ValueError(
           f"config field data.{field}={config.data[field]} must be divisible by the "
           f"{jax.device_count()} devices" + (f" x optim.accum_steps={accum}." if per > 1 else "."))
+  target_batch = config.adapt.target_batch_size or batch_size
+  if config.adapt.method != "none" and target_batch % (jax.device_count() * accum):
+    raise ValueError(f"config field adapt.target_batch_size={target_batch} must be divisible by "
+                     f"the {jax.device_count()} devices x optim.accum_steps={accum}.")
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   put = functools.partial(device_batch, sharding=sharded)
@@ -285,6 +305,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   splits = data.make_splits(config.data, seed=config.seed)
   train_src = splits["train"]
   num_classes = train_src.num_classes
+  # Domain adaptation: the target's train images (unlabeled here), val carve and test split.
+  target = target_splits(config, num_classes) if config.adapt.target else None
   # Source weights in any format jtl reads (a jtl run, hf:, torchvision:, bit:, orbax:).
   src_params, src_stats, source_meta = convert.load(config.init) if config.init else ({}, {}, {})
   arch = architecture(config, source_meta)
@@ -297,12 +319,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
+  variables = {**variables, "params": adapt.add_head(config.adapt, variables["params"],
+                                                     jax.random.fold_in(init_rng, 1))}
   strat = strategy.resolve(config.strategy, variables["params"], config.total_steps)
   source, loaded = None, frozenset()  # Source weights (for penalties), paths loaded.
   if config.init and strat.pretrained:
     # zero_head: BiT's choice, a re-initialized head starts from uniform outputs.
     variables, report = convert.load_into(
-        variables, (src_params, src_stats, source_meta), dont_load=config.dont_load,
+        variables, (src_params, src_stats, source_meta),
+        dont_load=(*config.dont_load, f"{adapt.HEAD}/.*"),   # A domain head is never loaded.
         zero_head=config.zero_head, name=f"checkpoint {config.init}")
     loaded = (frozenset(strategy.param_paths(variables["params"]))
               - set(report["kept_from_init"]))
@@ -326,11 +351,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
         batch_size=config.data.eval_batch_size, image_size=config.data.image_size,
         channels=config.data.channels, log=_log)
     _log(f"training on cached activations after {cached_from}: the frozen prefix runs no more")
-  train_iter = iter(data.train_dataset(
+  shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+  train_ds = data.train_dataset(
       train_src, batch_size=batch_size // jax.process_count(),
       image_size=None if cached_from else config.data.image_size, channels=config.data.channels,
-      augment=config.data.augment and not cached_from, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count()))
+      augment=config.data.augment and not cached_from, seed=config.seed, **shard)
+  if config.adapt.method != "none":
+    # Unlabeled target images beside each labeled batch: own order, no labels read.
+    train_ds = data.paired_dataset(train_ds, data.train_dataset(
+        data.Unlabeled(target["train"]), batch_size=target_batch // jax.process_count(),
+        image_size=config.data.image_size, channels=config.data.channels,
+        augment=config.data.augment, seed=data.target_seed(config.seed), labels=False, **shard))
+    _log(f"adapting to {config.adapt.target} with {config.adapt.method}: {len(target['train'])} "
+         f"unlabeled images, {target_batch} a step")
+  train_iter = iter(train_ds)
 
   def phase_state(k: int, state: TrainState | None, steps_done: int):
     """The state for phase k (its optimizer, frozen set, BatchNorm modes and penalties),
@@ -341,6 +375,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                         opt_state=fields["tx"].init(params), source=source,
                         loss_fn=make_loss_fn(config.loss, num_classes), accum_steps=accum,
+                        adapt_fn=adapt.make_adapt_fn(config.adapt, config.total_steps),
                         **fields), hparams
     opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
     return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields), hparams
@@ -354,7 +389,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     release()
     raise
   _write_model_json(workdir, config, arch, num_classes, train_src.class_names, mean, std)
-  skipped = _write_skipped(workdir, splits)
+  skipped = _write_skipped(workdir, {**splits, **{f"target_{k}": v
+                                                  for k, v in (target or {}).items()}})
 
   # ---- Resume ----------------------------------------------------------------
   mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -367,7 +403,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = checkpoint.restore(mgr, state, train_iter)
     _log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
   start = int(jax.device_get(state.step))
-  writer = writers.MetricWriter(workdir, resume_step=start)
+  # The final evaluation (test/...) is redone by every run that reaches the end.
+  writer = writers.MetricWriter(workdir, resume_step=start, redo=("test",))
+  # A resumed run's summary covers what it validated before its checkpoint too.
+  best_val, last_val = _logged_val(workdir)
+  target_val = _logged_val(workdir, "val_target")[1]
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -377,7 +417,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Train loop -------------------------------------------------------------
   preemption = _Preemption()
-  t0, images_seen, best_val, last_val, first_step_s = time.time(), 0, None, None, None
+  t0, images_seen, first_step_s = time.time(), 0, None
   bar = tqdm(range(start + 1, config.total_steps + 1), initial=start, total=config.total_steps,
              desc="train", disable=not _show(config))
   try:
@@ -416,6 +456,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         last_val = val
         if best_val is None or val["accuracy"] > best_val[1]:
           best_val = (step, val["accuracy"])
+      if target and target["val"] is not None and (
+          is_last or (config.eval_every and step % config.eval_every == 0)):
+        target_val = evaluate(p_eval, state, target["val"], config, put)
+        writer.write(step, {f"val_target/{k}": v for k, v in target_val.items()})
       if due_ckpt or preemption.requested:
         checkpoint.save(mgr, state, train_iter, force=True)
       if preemption.requested:
@@ -425,11 +469,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_time = time.time() - t0
 
     # ---- Final evaluation -----------------------------------------------------
-    test = evaluate(p_eval, state, splits["test"], config, put)
+    # With a domain-adaptation target, test accuracy is the target's.
+    test_split = target["test"] if target else splits["test"]
+    test = evaluate(p_eval, state, test_split, config, put)
     summary = {
         "workdir": workdir, "steps": config.total_steps,
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "train_examples": len(train_src), "test_examples": len(splits["test"]),
+        "train_examples": len(train_src), "test_examples": len(test_split),
         "train_time_s": train_time,
         "first_step_s": first_step_s,   # From the call to the end of the first step.
         "images_per_sec": images_seen / train_time if images_seen else None,
@@ -445,6 +491,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if best_val is not None:
       summary |= {"val_accuracy": last_val["accuracy"], "best_val_step": best_val[0],
                   "best_val_accuracy": best_val[1]}
+    if target:
+      source_test = evaluate(p_eval, state, splits["test"], config, put)
+      writer.write(config.total_steps, {f"test_source/{k}": v for k, v in source_test.items()})
+      summary |= {"adapt_method": config.adapt.method, "target": config.adapt.target,
+                  "source_test_accuracy": source_test["accuracy"],
+                  "target_train_examples": len(target["train"])}
+      if target_val is not None:
+        summary["target_val_accuracy"] = target_val["accuracy"]
     writer.write(config.total_steps, {f"test/{k}": v for k, v in test.items()})
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -458,6 +512,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
 
 
+def target_splits(config, num_classes: int) -> dict:
+  """The domain-adaptation target's train (its images are the unlabeled pool), val (a
+  labeled carve, adapt.target_val_per_class per class, or None) and test splits, over
+  the same classes as config.data."""
+  splits = data.make_splits({
+      "name": config.adapt.target, "data_dir": config.data.data_dir,
+      "classes": config.data.classes, "val_per_class": config.adapt.target_val_per_class,
+      "skip_corrupt": config.data.skip_corrupt}, seed=config.seed)
+  if splits["test"].num_classes != num_classes:
+    raise ValueError(f"config field adapt.target={config.adapt.target!r} has "
+                     f"{splits['test'].num_classes} classes but data.name={config.data.name!r} has "
+                     f"{num_classes}; the target must share the labeled data's classes.")
+  return splits
+
+
 def enable_compilation_cache() -> str:
   """A persistent XLA compilation cache (~/.cache/jtl/xla or $JTL_COMPILATION_CACHE), so a
   rerun, a resume or a sweep's next cell of the same shape skips most of the compile."""
@@ -467,6 +536,19 @@ def enable_compilation_cache() -> str:
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
+
+
+def _logged_val(workdir: str, prefix: str = "val") -> tuple:
+  """(best (step, accuracy), last {"accuracy", "loss"}) of the `prefix`/ rows in metrics.jsonl,
+  or Nones: what a resumed run validated before its checkpoint."""
+  if jax.process_index() != 0 or not os.path.exists(os.path.join(workdir, writers.METRICS)):
+    return None, None   # Only process 0 writes metrics (and the summary).
+  acc, loss = f"{prefix}/accuracy", f"{prefix}/loss"
+  rows = [r for r in writers.read_metrics(workdir) if acc in r]
+  if not rows:
+    return None, None
+  best = max(rows, key=lambda r: r[acc])   # The first of equals, as in the loop.
+  return (best["step"], best[acc]), {"accuracy": rows[-1][acc], "loss": rows[-1][loss]}
 
 
 def _write_skipped(workdir: str, splits: dict) -> int:

@@ -21,13 +21,16 @@ TENSORBOARD = "tensorboard"
 class MetricWriter:
   """Writes on process 0 only; other processes get a writer that does nothing."""
 
-  def __init__(self, workdir: str, *, resume_step: int | None = None):
+  def __init__(self, workdir: str, *, resume_step: int | None = None,
+               redo: tuple[str, ...] = ()):
+    """`resume_step`: rows after it are dropped (the resumed run writes them again), and so
+    are rows whose metric names start with a prefix in `redo` (written again at any step)."""
     self.active = jax.process_index() == 0
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS)
-    kept = _truncate_after(self.path, resume_step) if resume_step is not None else []
+    kept = _truncate_after(self.path, resume_step, redo) if resume_step is not None else []
     self._jsonl = open(self.path, "a")
     from tensorboardX import SummaryWriter  # Imported lazily: it pulls in protobuf.
     tb_dir = os.path.join(workdir, TENSORBOARD)
@@ -69,8 +72,9 @@ def _scalar(v):
   return v.item() if v.ndim == 0 else v.tolist()
 
 
-def _truncate_after(path: str, step: int) -> list[dict]:
-  """Drops rows after `step` and returns the kept ones.
+def _truncate_after(path: str, step: int, redo: tuple[str, ...] = ()) -> list[dict]:
+  """Drops rows after `step`, and rows of metrics starting with a prefix in `redo`; returns
+  the kept ones.
 
   A resumed run recomputes the steps after its checkpoint (and a fresh run, step 0,
   all of them); dropping their old rows makes the log read as one uninterrupted run.
@@ -79,7 +83,8 @@ def _truncate_after(path: str, step: int) -> list[dict]:
     return []
   with open(path) as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  rows = [r for r in rows if r["step"] <= step]
+  rows = [r for r in rows if r["step"] <= step
+          and not any(k.startswith(p) for k in r if k != "step" for p in redo)]
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
   return rows

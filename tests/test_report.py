@@ -106,3 +106,17 @@ def test_report_file_shows_chosen_lr_intervals_verdicts_and_plots(tmp_path):
   assert (tmp_path / report.RESULTS_MD).read_text() == text
   assert ("Stage `target`: time to the end of the first step (set-up, data, compile) 9.0 s in "
           "the first cell, median 3.0 s in the other 29.") in text
+
+
+def test_a_study_can_select_on_another_result_and_show_more_columns():
+  # Domain adaptation selects on a labeled target carve and shows the source's accuracy.
+  cells = rows()
+  for r in cells:
+    r["target_val_accuracy"] = r["test_accuracy"]   # Here the carve agrees with test ...
+    r["source_test_accuracy"] = 0.5 + r["lr"]
+  spec = dict(SPEC, select_on="target_val_accuracy", columns=["source_test_accuracy"])
+  chosen = report.select(cells, spec)
+  assert chosen[(5, "ft")]["choice"] == 0.01        # ... so it picks what val_accuracy would not.
+  text, _ = report.tables(cells, spec)
+  assert "lr (chosen on target val acc)" in text and "| source test acc % |" in text
+  assert "| 51.0 |" in text                         # ft at lr 0.01: source test 0.51

@@ -72,7 +72,8 @@ def random_crop_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def train_dataset(source, *, batch_size: int, image_size: int | None, channels: int = 3,
                   augment: bool = True, seed: int, shard_index: int = 0, shard_count: int = 1,
-                  read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+                  labels: bool = True, read_options: grain.ReadOptions | None = None
+                  ) -> grain.IterDataset:
   """An infinite stream of shuffled, augmented batches: this process's part of each global batch.
 
   Every epoch is reshuffled; augmentation draws from a per-example rng keyed
@@ -83,7 +84,8 @@ def train_dataset(source, *, batch_size: int, image_size: int | None, channels: 
   shard_count, ...; so a global batch is the same on 1 host or 64, and each host
   reads only its part. `image_size=None` takes an ArraySource's `images` as they
   are (cached activations, see jtl/prefix_cache.py). `read_options` overrides
-  the threads and prefetch buffer (counted in batches).
+  the threads and prefetch buffer (counted in batches). `labels=False` reads images
+  only (unlabeled target images for domain adaptation, see jtl/data/paired.py).
 
   >>> it = iter(train_dataset(src, batch_size=32, image_size=32, seed=0))   # doctest: +SKIP
   >>> next(it)["image"].shape                                               # doctest: +SKIP
@@ -111,7 +113,7 @@ def train_dataset(source, *, batch_size: int, image_size: int | None, channels: 
     image = preprocess(example["image"], image_size=image_size, channels=channels)
     if rng is not None:
       image = random_crop_flip(image, rng)
-    return {"image": image, "label": np.int32(example["label"])}
+    return {"image": image, "label": np.int32(example["label"])} if labels else {"image": image}
 
   ds = ds.random_map(to_example) if augment else ds.map(to_example)
   # Lazy: this process decodes only the examples of its own chunks.

@@ -278,13 +278,22 @@ def load_source(name: str, split: str, data_dir: str | None = None, *, skip_corr
 
   `name` is "fashion_mnist", "digits", "folder:/path" (or an existing
   directory), or a TFDS name. `skip_corrupt` applies to image folders.
+  "NAME+shift:CORRUPTION:SEVERITY[:SEED]" is dataset NAME with every image
+  corrupted (jtl/data/shift.py), e.g. "fashion_mnist+shift:gaussian_noise:3".
 
   >>> src = load_source("digits", "test")
   >>> len(src), src.num_classes
   (360, 10)
+  >>> load_source("digits+shift:blur:2", "test").name
+  'digits+shift:blur:2'
   """
   from jtl.data.folder import FolderSource
+  from jtl.data.shift import SHIFT_SEP, ShiftedSource, parse_shift  # shift imports Source from here
 
+  if SHIFT_SEP in name:
+    base, corruption, severity, seed = parse_shift(name)
+    return ShiftedSource(load_source(base, split, data_dir, skip_corrupt=skip_corrupt),
+                         corruption, severity, seed)
   if name == "fashion_mnist":
     return fashion_mnist(split, data_dir)
   if name == "digits":

@@ -46,7 +46,8 @@ def count_params(params) -> int:
 def stage_of(path: str) -> str:
   """The stage ("stem", "stage1".."stage4" or "head") a "/"-joined path lies in.
 
-  A leading collection name such as "params/" is skipped.
+  A leading collection name such as "params/" is skipped. The heads on top of the
+  backbone, the classifier and a domain classifier ("domain_head"), count as "head".
 
   Example:
     >>> stage_of("stage3/block1/conv2/kernel")
@@ -55,6 +56,8 @@ def stage_of(path: str) -> str:
   for part in path.split("/"):
     if part in STAGES or part == "head":
       return part
+    if part == "domain_head":
+      return "head"
     if part == "pre_head_norm":  # ResNetV2's norm of stage4's output belongs to stage4.
       return "stage4"
   raise ValueError(f"Parameter path {path!r} lies in none of {STAGES + ('head',)}.")

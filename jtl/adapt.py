@@ -1,0 +1,187 @@
+"""Domain adaptation: loss terms that use unlabeled target images, and the domain heads.
+
+A run with `config.adapt.target` set trains on its labeled data (`config.data`, the
+source domain) and is tested on the target's test split. `adapt.method` adds one
+term to the loss, computed on the pooled features (`pre_logits`) of a batch that
+holds the labeled images followed by as many unlabeled target images:
+
+| adapt.method | term |
+|---|---|
+| none  | nothing: the source-only baseline (still tested on the target) |
+| dann  | DANN (Ganin et al. 2016): a domain classifier behind a gradient-reversal layer; the reversal's λ rises from 0 to 1 as 2 / (1 + exp(-γ p)) - 1, p = step / total_steps |
+| cdan  | CDAN (Long et al. 2018): as DANN, on the outer product of features and class predictions |
+| coral | Deep CORAL (Sun & Saenko 2016): ||C_s - C_t||_F^2 / (4 d^2) between feature covariances |
+| mmd   | DAN (Long et al. 2015): multi-kernel MMD^2, Gaussian kernels with bandwidths σ^2 = a x (mean squared distance) for a in adapt.mmd_bandwidths |
+
+The domain heads' parameters live at `params["domain_head"]`, so strategy rules and
+checkpoints cover them like any other parameter; presets train them.
+
+>>> adapt_fn = make_adapt_fn(config.adapt, total_steps=1000)
+>>> terms, metrics = adapt_fn(params, out, logits, num_labeled=64, step=state.step)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jtl.strategy import DOMAIN_HEAD as HEAD   # Where a domain head's parameters live.
+
+METHODS = ("none", "dann", "cdan", "coral", "mmd")
+ADVERSARIAL = ("dann", "cdan")   # Methods with a domain head.
+FEATURES = "pre_logits"
+
+
+# ---------------------------------------------------------------------------
+# Gradient reversal.
+# ---------------------------------------------------------------------------
+@jax.custom_vjp
+def grad_reverse(x, lam):
+  """The identity going forward; multiplies the gradient by -lam going back.
+
+  >>> jax.grad(lambda x: grad_reverse(x, 0.5).sum())(jnp.ones(2))
+  Array([-0.5, -0.5], dtype=float32)
+  """
+  return x
+
+
+def _reverse_fwd(x, lam):
+  return x, lam
+
+
+def _reverse_bwd(lam, g):
+  return (-lam * g).astype(g.dtype), jnp.zeros_like(lam)
+
+
+grad_reverse.defvjp(_reverse_fwd, _reverse_bwd)
+
+
+def dann_lambda(step, total_steps: int, gamma: float = 10.0):
+  """DANN's schedule for the reversal weight: 0 at the start, near 1 at the end.
+
+  >>> float(dann_lambda(0, 100))
+  0.0
+  """
+  p = jnp.asarray(step, jnp.float32) / max(total_steps, 1)
+  return 2.0 / (1.0 + jnp.exp(-gamma * p)) - 1.0
+
+
+# ---------------------------------------------------------------------------
+# Statistic-matching losses.
+# ---------------------------------------------------------------------------
+def coral(source, target):
+  """Deep CORAL: squared Frobenius distance of the feature covariances / (4 d^2).
+
+  >>> float(coral(jnp.eye(4), jnp.eye(4)))
+  0.0
+  """
+  d = source.shape[-1]
+  return jnp.sum(jnp.square(_covariance(source) - _covariance(target))) / (4.0 * d * d)
+
+
+def _covariance(x):
+  x = x - x.mean(0, keepdims=True)
+  return x.T @ x / max(x.shape[0] - 1, 1)
+
+
+def mmd(source, target, bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)):
+  """Multi-kernel MMD^2 (the biased estimate), summed over Gaussian kernels.
+
+  Kernel a is exp(-||x - y||^2 / (2 a m)), with m the mean squared distance over
+  all pairs of the joint batch (held constant for the gradient), as in DAN.
+
+  >>> float(mmd(jnp.ones((3, 2)), jnp.ones((3, 2))))
+  0.0
+  """
+  x = jnp.concatenate([source, target])
+  sq = jnp.sum(jnp.square(x[:, None, :] - x[None, :, :]), axis=-1)
+  m = jax.lax.stop_gradient(jnp.mean(sq))
+  kernel = sum(jnp.exp(-sq / (2.0 * a * m + 1e-12)) for a in bandwidths)
+  n = source.shape[0]
+  return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2.0 * kernel[:n, n:].mean()
+
+
+# ---------------------------------------------------------------------------
+# Domain heads.
+# ---------------------------------------------------------------------------
+class DomainHead(nn.Module):
+  """The domain classifier of DANN / CDAN: a small MLP, one logit (source = 1)."""
+  hidden: int = 256
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.depth):
+      x = nn.relu(nn.Dense(self.hidden, name=f"dense{i}")(x))
+    return nn.Dense(1, name="out")(x)[:, 0]
+
+
+def head_input(method: str, features, logits):
+  """What the domain head sees: the features (DANN), or their outer product with the
+  class probabilities, flattened (CDAN's multilinear conditioning)."""
+  if method == "cdan":
+    probs = jax.nn.softmax(logits)
+    return jnp.einsum("bc,bd->bcd", probs, features).reshape(features.shape[0], -1)
+  return features
+
+
+def add_head(cfg, params: dict, rng) -> dict:
+  """`params` plus a fresh domain head at params[HEAD] when `cfg.method` has one.
+
+  Its input width comes from the classifier's kernel ([features, classes]).
+  """
+  if cfg.method not in ADVERSARIAL:
+    return params
+  features, classes = params["head"]["kernel"].shape
+  width = features * classes if cfg.method == "cdan" else features
+  return {**params, HEAD: DomainHead(cfg.hidden).init(rng, jnp.zeros((1, width)))["params"]}
+
+
+def _whole(x):
+  """`x` replicated: CORAL's covariance and MMD's pairwise distances mix examples that a
+  data-parallel mesh keeps on different devices (features are small, so this is cheap)."""
+  sharding = jax.typeof(x).sharding
+  if not any(a is not None for a in sharding.spec):
+    return x
+  return jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))
+
+
+# ---------------------------------------------------------------------------
+# The term the trainer adds.
+# ---------------------------------------------------------------------------
+def make_adapt_fn(cfg, total_steps: int) -> Callable | None:
+  """Returns adapt_fn(params, out, logits, num_labeled, step) -> (terms, metrics), or None.
+
+  `out[FEATURES]` and `logits` hold the labeled examples first, then the target's.
+  terms: {method: weighted loss}; metrics: what the step logs besides (λ, and the
+  domain classifier's loss and accuracy for DANN / CDAN).
+  """
+  if cfg.method == "none":
+    return None
+  if cfg.method not in METHODS:
+    raise ValueError(f"unknown adapt.method {cfg.method!r}; expected one of {METHODS}.")
+  weight, method = float(cfg.weight), cfg.method
+
+  def adapt_fn(params, out, logits, num_labeled: int, step):
+    features = out[FEATURES].astype(jnp.float32)
+    fs, ft = _whole(features[:num_labeled]), _whole(features[num_labeled:])
+    if method == "coral":
+      return {method: weight * coral(fs, ft)}, {}
+    if method == "mmd":
+      return {method: weight * mmd(fs, ft, tuple(cfg.mmd_bandwidths))}, {}
+    lam = dann_lambda(step, total_steps, cfg.gamma)
+    # CDAN conditions on predictions but, as in its paper, sends no gradient through them.
+    x = head_input(method, features, jax.lax.stop_gradient(logits.astype(jnp.float32)))
+    domain_logits = DomainHead(cfg.hidden).apply({"params": params[HEAD]},
+                                                 grad_reverse(x, lam))
+    is_source = (jnp.arange(features.shape[0]) < num_labeled).astype(jnp.float32)
+    loss = optax.sigmoid_binary_cross_entropy(domain_logits, is_source).mean()
+    accuracy = jnp.mean((domain_logits > 0) == (is_source > 0))
+    return {method: weight * loss}, {"adapt/lambda": lam, "adapt/domain_loss": loss,
+                                     "adapt/domain_accuracy": accuracy}
+  return adapt_fn
