@@ -73,14 +73,30 @@ def restore(mgr: ocp.CheckpointManager, state, data_iter):
                        step=out.train["step"], opt_state=out.train["opt_state"])
 
 
+def read_json(path: str, expected: str) -> dict:
+  """A JSON object from `path`; anything else is one ValueError saying what was `expected`."""
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError, RecursionError) as e:
+    raise ValueError(f"{path}: not a readable JSON file ({e}); expected {expected}.") from None
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path} holds a JSON {type(raw).__name__}; expected an object "
+                     f"({expected}).")
+  return raw
+
+
 def read_model_json(workdir: str) -> dict:
   """The model description a training run or `jtl convert` left in `workdir`."""
   path = os.path.join(workdir, MODEL_JSON)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist; expected a jtl workdir made by a training "
                             "run or by `jtl convert`.")
-  with open(path) as f:
-    return json.load(f)
+  meta = read_json(path, "the model.json a training run or `jtl convert` writes")
+  if not isinstance(meta.get("model"), dict):
+    raise ValueError(f"{path} has no \"model\" object; expected the model.json a training "
+                     "run or `jtl convert` writes.")
+  return meta
 
 
 def load_model(path: str, step: int | None = None) -> tuple[Any, Any]:
@@ -104,8 +120,9 @@ def load_model(path: str, step: int | None = None) -> tuple[Any, Any]:
       model = ckptr.restore(item, jax.tree.map(
           lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree))
   except Exception as e:  # orbax raises many types; one sentence is what a user needs.
-    raise ValueError(f"could not read checkpoint {item}: {type(e).__name__}: "
-                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    raise ValueError(f"could not read checkpoint {item} ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); expected the "
+                     "orbax `model` item a jtl run saves (truncated or corrupt?).") from None
   model = jax.tree.map(np.asarray, model)
   return model["params"], model.get("batch_stats", {})
 

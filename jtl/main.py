@@ -10,6 +10,7 @@ docstring, its arguments with their defaults, and its fields.
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
 import re
 import sys
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
   # thread at ERROR; jtl's own progress goes to tqdm and stdout, and the error that ends a
   # run is said once below (all of it with --verbose).
   logging.set_verbosity(logging.WARNING if verbose(argv) else logging.FATAL)
+  # A failed save leaves orbax's other write tasks failing too; asyncio logs each at exit.
+  py_logging.getLogger("asyncio").setLevel(py_logging.WARNING if verbose(argv)
+                                          else py_logging.CRITICAL)
   from jtl import distributed, train  # Imported late so that a bad command line fails fast.
   distributed.initialize()
   train.enable_compilation_cache()

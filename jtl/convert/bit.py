@@ -12,6 +12,7 @@ The model (depth, width factor) is read off the file's shapes.
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 
@@ -64,11 +65,14 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     >>> read_npz("BiT-M-R50x1.npz")["resnet/root_block/standardized_conv2d/kernel"].shape
     (7, 7, 3, 64)
   """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist; expected a BiT .npz checkpoint.")
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path}: not an .npz archive (truncated or corrupt?); expected a BiT "
+                     "checkpoint, a zip of .npy arrays as numpy.savez writes.")
   try:
     with np.load(path, allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
-  except FileNotFoundError:
-    raise
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
     raise ValueError(f"could not read {path} as an .npz (truncated or corrupt?): "
                      f"{type(e).__name__}: {e}") from None

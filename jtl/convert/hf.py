@@ -13,6 +13,7 @@ torchvision's, so one mapping (jtl.convert.torchvision) places them all.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -20,7 +21,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from jtl.convert.torchvision import (IMAGENET_MEAN, IMAGENET_STD, model_meta,
+from jtl import checkpoint
+from jtl.convert.torchvision import (IMAGENET_MEAN, IMAGENET_STD, infer_resnet, model_meta,
                                      read_torch_file, rename_torchvision, to_jtl)
 from jtl.models import MODELS
 
@@ -35,11 +37,15 @@ _HF = (
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.{0 if m[3] == 'convolution' else 1}"),
     (r"classifier\.1", lambda m: "fc"),
 )
+_ARCHITECTURES = ("ResNetForImageClassification", "ResNetModel")
 _WIDTHS = {False: [64, 128, 256, 512], True: [256, 512, 1024, 2048]}
 # safetensors dtype names -> numpy; BF16 is why this file parses the format itself.
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
            "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+# What a safetensors file is, for errors about one that is not.
+_EXPECTED = ("an 8-byte little-endian header length, a JSON object giving each tensor's "
+             "dtype, shape and data_offsets, then those bytes")
 
 
 def rename_hf(module: str) -> str | None:
@@ -53,9 +59,9 @@ def rename_hf(module: str) -> str | None:
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """All tensors of a safetensors file as numpy arrays (bfloat16 via ml_dtypes).
 
-  `safetensors.numpy` reads the file unless it holds bfloat16, which numpy cannot
-  represent; then the (simple) format is parsed here. Either way every tensor's
-  byte range is checked first, so a truncated file fails as a whole, naming it.
+  The format is parsed here (numpy has no bfloat16 for `safetensors.numpy`), and
+  the header is checked whole before any tensor is sliced: a truncated, corrupt
+  or lying file fails as one ValueError naming it, without large allocations.
 
   Example:
     >>> read_safetensors("resnet-50/model.safetensors")["classifier.1.bias"].shape
@@ -63,27 +69,70 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """
   try:
     with open(path, "rb") as f:
-      data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-      raise ValueError(f"header of {n} bytes but the file has {len(data)}")
-    header = json.loads(data[8:8 + n])
-    header.pop("__metadata__", None)
-    body = memoryview(data)[8 + n:]
-    for name, info in header.items():
-      begin, end = info["data_offsets"]
-      size = np.dtype(_DTYPES[info["dtype"]]).itemsize * int(np.prod(info["shape"]))
-      if not 0 <= begin <= end <= len(body) or end - begin != size:
-        raise ValueError(f"tensor {name} lies outside the file (bytes {begin}..{end} "
-                         f"of {len(body)})")
-    if all(info["dtype"] != "BF16" for info in header.values()):
-      from safetensors.numpy import load  # pylint: disable=import-outside-toplevel
-      return load(data)
-    return {name: np.frombuffer(body[slice(*info["data_offsets"])], _DTYPES[info["dtype"]])
-            .reshape(info["shape"]).copy() for name, info in header.items()}
-  except Exception as e:  # struct, json, safetensors and OS errors all mean the same here.
-    raise ValueError(f"could not read {path} as safetensors (truncated or corrupt?): "
-                     f"{type(e).__name__}: {e}") from None
+      header = _read_header(f, os.fstat(f.fileno()).st_size)
+      body = f.read()
+    spans = _tensor_spans(header, len(body))
+  except (ValueError, OSError, RecursionError) as e:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else e
+    raise ValueError(f"{path}: not a valid safetensors file ({why}); expected {_EXPECTED} "
+                     "(truncated or corrupt?).") from None
+  return {name: np.frombuffer(body, dtype, math.prod(shape), begin).reshape(shape).copy()
+          for name, dtype, shape, begin in spans}
+
+
+def _read_header(f, size: int) -> dict:
+  """The JSON header of an open safetensors file of `size` bytes, read only if it fits."""
+  head = f.read(8)
+  if len(head) < 8:
+    raise ValueError(f"the file has {size} bytes, too few for the header length")
+  (n,) = struct.unpack("<Q", head)
+  if n > size - 8:
+    raise ValueError(f"the header length is {n} bytes but the file has {size}")
+  try:
+    header = json.loads(f.read(n))
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f"the header is not JSON: {e}") from None
+  if not isinstance(header, dict):
+    raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+  header.pop("__metadata__", None)
+  return header
+
+
+def _sizes(value) -> bool:
+  return isinstance(value, list) and all(
+      isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def _tensor_span(name: str, info, body_size: int):
+  """(name, numpy dtype, shape, first byte) of one header entry, after checking it."""
+  if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+    raise ValueError(f"tensor {name!r} is not an object with dtype, shape and data_offsets")
+  dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+  if not isinstance(dtype, str) or dtype not in _DTYPES:
+    raise ValueError(f"tensor {name!r} has dtype {dtype!r}, not one of {', '.join(_DTYPES)}")
+  if not _sizes(shape):
+    raise ValueError(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+  if not _sizes(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+    raise ValueError(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
+  begin, end = offsets
+  if end > body_size:
+    raise ValueError(f"tensor {name!r} lies at bytes {begin}..{end}, past the "
+                     f"{body_size} data bytes")
+  size = np.dtype(_DTYPES[dtype]).itemsize * math.prod(shape)  # Python ints: no overflow.
+  if end - begin != size:
+    raise ValueError(f"tensor {name!r} spans {end - begin} bytes, but {dtype} x "
+                     f"{shape} needs {size}")
+  return name, _DTYPES[dtype], shape, begin, end
+
+
+def _tensor_spans(header: dict, body_size: int) -> list[tuple]:
+  """Every tensor's (name, dtype, shape, begin), checked in range and not overlapping."""
+  spans = sorted((_tensor_span(n, info, body_size) for n, info in header.items()),
+                 key=lambda s: (s[3], s[4]))
+  for a, b in zip(spans, spans[1:]):
+    if b[3] < a[4]:
+      raise ValueError(f"tensors {a[0]!r} and {b[0]!r} overlap")
+  return [s[:4] for s in spans]
 
 
 def resolve(src: str) -> str:
@@ -117,11 +166,27 @@ def resolve(src: str) -> str:
   return folder
 
 
+def _shards(index: str) -> list[str]:
+  """The shard files a `model.safetensors.index.json` names, each a plain file name."""
+  try:
+    with open(index) as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e}); "
+                     "expected JSON with a weight_map from tensor names to shard files.") from None
+  for shard in shards:
+    if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
+      raise ValueError(f"{index} names shard {shard!r}; expected a file name in its folder.")
+  return shards
+
+
 def _read_weights(folder: str) -> dict[str, np.ndarray]:
   index = os.path.join(folder, "model.safetensors.index.json")
   if os.path.exists(index):
-    with open(index) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+    shards = _shards(index)
+    for shard in shards:
+      if not os.path.isfile(os.path.join(folder, shard)):
+        raise FileNotFoundError(f"{index} names shard {shard}, which is not in {folder}.")
     return {k: v for s in shards for k, v in read_safetensors(os.path.join(folder, s)).items()}
   for name, reader in (("model.safetensors", read_safetensors),
                        ("pytorch_model.bin", read_torch_file)):
@@ -131,19 +196,30 @@ def _read_weights(folder: str) -> dict[str, np.ndarray]:
                           "(or pytorch_model.bin).")
 
 
-def check_config(folder: str):
-  """The folder's ResNetConfig and the jtl model name it maps to; refuses what jtl can't match."""
-  file = os.path.join(folder, "config.json")
-  try:
-    with open(file) as f:
-      raw = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"could not read {file}: {e}") from None
+def _read_config(file: str) -> dict:
+  """config.json as a dict, refused unless it describes a Hugging Face ResNet."""
+  raw = checkpoint.read_json(file, "a Hugging Face config.json")
   if raw.get("model_type") != "resnet":
     raise ValueError(f"{file} describes a {raw.get('model_type', 'unknown')!r} model; only "
                      "Hugging Face ResNets (model_type 'resnet') can be loaded.")
+  archs = raw.get("architectures") or []
+  if not isinstance(archs, list) or not all(a in _ARCHITECTURES for a in archs):
+    raise ValueError(f"{file} names architectures {archs!r}; expected "
+                     f"{' or '.join(_ARCHITECTURES)}.")
+  return raw
+
+
+def check_config(folder: str):
+  """The folder's ResNetConfig and the jtl model name it maps to; refuses what jtl can't match."""
+  file = os.path.join(folder, "config.json")
+  raw = _read_config(file)
   from transformers import ResNetConfig  # pylint: disable=import-outside-toplevel
-  cfg = ResNetConfig.from_pretrained(folder)
+  try:
+    cfg = ResNetConfig.from_pretrained(folder)
+  except Exception as e:  # transformers validates fields with several error types.
+    why = " ".join(str(e).split()).split(". ")[0]
+    raise ValueError(f"{file}: not a valid ResNet config ({why}); "
+                     "expected the config.json of a Hugging Face ResNet.") from None
   bottleneck = cfg.layer_type == "bottleneck"
   problems = []
   if cfg.layer_type not in ("basic", "bottleneck"):
@@ -168,6 +244,17 @@ def check_config(folder: str):
   return cfg, raw, name
 
 
+def _check_weights(params: dict, cfg, folder: str):
+  """Refuses weights whose blocks or widths are not those config.json describes."""
+  blocks = [len(params.get(f"stage{i}", {})) for i in range(1, 5)]
+  layer = "bottleneck" if "conv3" in params.get("stage1", {}).get("block0", {}) else "basic"
+  if blocks != list(cfg.depths) or layer != cfg.layer_type:
+    raise ValueError(f"{folder}: config.json gives depths {list(cfg.depths)} of "
+                     f"{cfg.layer_type} blocks, but the weights have {blocks} {layer} blocks "
+                     "per stage; expected weights that match config.json.")
+  infer_resnet(params, folder)  # The channel widths.
+
+
 def load_hf(src: str) -> tuple[dict, dict, dict]:
   """(params, batch_stats, meta) of a Hugging Face ResNet folder or hub id.
 
@@ -181,6 +268,7 @@ def load_hf(src: str) -> tuple[dict, dict, dict]:
   folder = resolve(src)
   cfg, raw, name = check_config(folder)
   params, batch_stats = to_jtl(_read_weights(folder), rename_hf, folder)
+  _check_weights(params, cfg, folder)
   num_classes = int(params["head"]["kernel"].shape[1]) if "head" in params else 0
   labels = raw.get("id2label") or {}
   class_names = [labels.get(str(i), f"class_{i}") for i in range(num_classes)] if labels else []

@@ -100,7 +100,7 @@ def load(path: str) -> dict:
   """Unpickles a zip-format `torch.save` file with tensors as numpy arrays.
 
   Raises ValueError naming `path` for a legacy (non-zip) file, a big-endian file,
-  a corrupt archive, or any global outside the allow-list.
+  a truncated or corrupt archive, or any global outside the allow-list.
 
   Example:
     >>> state = load("resnet18.pth")
@@ -108,6 +108,10 @@ def load(path: str) -> dict:
     (64, 3, 7, 7)
   """
   if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+      if f.read(2) == b"PK":
+        raise ValueError(f"{path}: not a readable zip archive (truncated or corrupt?); "
+                         "expected a PyTorch file saved with torch.save.")
     raise ValueError(f"{path} is not a zip-format PyTorch file; without torch only "
                      "those can be read safely. Install torch (`pip install torch`) so "
                      "jtl can read it with torch.load(weights_only=True).")

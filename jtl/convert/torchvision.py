@@ -23,6 +23,7 @@ import numpy as np
 
 from jtl.convert import safe_pickle
 from jtl.models import MODELS
+from jtl.models.resnet import BASE_WIDTHS
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -83,19 +84,30 @@ def to_jtl(state: Mapping[str, np.ndarray], rename: Callable[[str], str | None],
   return tuple(tu.unflatten_dict(f, sep="/") for f in (flat["params"], flat["batch_stats"]))
 
 
+def _widths(params: dict, bottleneck: bool) -> list[int | None]:
+  """Output channels of the stem and of each stage's first block (None where absent)."""
+  last = "conv3" if bottleneck else "conv2"
+  kernels = [params.get("stem", {}).get("conv", {}).get("kernel")] + [
+      params.get(f"stage{i}", {}).get("block0", {}).get(last, {}).get("kernel")
+      for i in range(1, 5)]
+  return [None if k is None else int(np.shape(k)[-1]) for k in kernels]
+
+
 def infer_resnet(params: dict, source: str) -> str:
-  """The jtl model name ("resnet50", ...) whose block layout `params` has."""
+  """The jtl model name ("resnet50", ...) whose block layout and widths `params` have."""
   sizes = tuple(len(params.get(f"stage{i}", {})) for i in range(1, 5))
   bottleneck = "conv3" in params.get("stage1", {}).get("block0", {})
-  for name, (stage_sizes, is_bottleneck) in MODELS.items():
-    if tuple(stage_sizes) == sizes and is_bottleneck == bottleneck:
-      stem = params["stem"]["conv"]["kernel"]
-      if stem.shape[-1] != 64:
-        raise ValueError(f"{source} is a {name} with {stem.shape[-1]} stem channels; "
-                         "only the standard width (64) is supported.")
-      return name
-  raise ValueError(f"{source} has {sizes} {'bottleneck' if bottleneck else 'basic'} blocks "
-                   f"per stage, which matches none of {', '.join(MODELS)}.")
+  name = next((n for n, (stage_sizes, b) in MODELS.items()
+               if tuple(stage_sizes) == sizes and b == bottleneck), None)
+  if name is None:
+    raise ValueError(f"{source} has {sizes} {'bottleneck' if bottleneck else 'basic'} blocks "
+                     f"per stage, which matches none of {', '.join(MODELS)}.")
+  want = [64] + [w * (4 if bottleneck else 1) for w in BASE_WIDTHS]
+  got = _widths(params, bottleneck)
+  if any(g is not None and g != w for g, w in zip(got, want)):  # Missing ones: merge names them.
+    raise ValueError(f"{source} is a {name} with channel widths {got} (stem, stage1..4); "
+                     f"only the standard widths {want} are supported.")
+  return name
 
 
 def read_torch_file(path: str) -> dict[str, np.ndarray]:
@@ -109,23 +121,14 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
     >>> state = read_torch_file("resnet18.pth")
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist.")
+    raise FileNotFoundError(f"{path} does not exist; expected a PyTorch state dict "
+                            "(.pth/.pt/.bin) saved with torch.save.")
+  _check_magic(path)
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     torch = None
-  if torch is None:
-    obj = safe_pickle.load(path)
-  else:
-    try:
-      obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise ValueError(f"refused to load {path}: it is not a plain state dict of tensors, "
-                       f"and unpickling it could run code ({first}).") from None
-    except Exception as e:  # zip/format errors come as RuntimeError, EOFError, ...
-      raise ValueError(f"could not read {path} as a PyTorch file: {type(e).__name__}: "
-                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+  obj = safe_pickle.load(path) if torch is None else _torch_load(path, torch)
   for wrapper in ("state_dict", "model"):
     if isinstance(obj, Mapping) and set(obj) == {wrapper}:
       obj = obj[wrapper]
@@ -136,6 +139,35 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
   if obj and all(k.startswith("module.") for k in obj):
     obj = {k[len("module."):]: v for k, v in obj.items()}
   return dict(obj)
+
+
+def _check_magic(path: str):
+  """Refuses a file that is neither a zip (torch.save) nor a pickle (legacy torch.save)."""
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+    raise ValueError(f"{path}: not a PyTorch file (it starts with {head!r}); expected a "
+                     "state dict saved with torch.save (a zip archive or a pickle).")
+
+
+def _torch_load(path: str, torch):
+  """torch.load(weights_only=True), its errors made one sentence naming `path`."""
+  try:
+    return torch.load(path, weights_only=True, map_location="cpu")
+  except pickle.UnpicklingError as e:
+    refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = f"it asks for {refused[1]}" if refused else _first_sentence(e)
+    raise ValueError(f"refused to load {path}: it is not a plain state dict of tensors, "
+                     f"and unpickling it could run code ({what}).") from None
+  except Exception as e:  # zip/format errors come as RuntimeError, EOFError, ...
+    raise ValueError(f"could not read {path} as a PyTorch file ({type(e).__name__}: "
+                     f"{_first_sentence(e)}); expected a state dict saved with torch.save "
+                     "(truncated or corrupt?).") from None
+
+
+def _first_sentence(e: Exception) -> str:
+  text = " ".join(str(e).split())
+  return text.split(". ", 1)[0] if text else type(e).__name__
 
 
 def _to_numpy(t, torch) -> np.ndarray:

@@ -5,6 +5,28 @@ come from `train`); otherwise the whole root is the "train" split.
 
  src = FolderSource("/data/flowers", "train", skip_corrupt=True)
  src[0]["image"]   # uint8 HxWx3, each image at its own size
+
+As in ImageFolder: the classes are the sub-folders sorted by name (label =
+position in Python's `sorted()`, so "C", "a", "b"); the images are the files
+under a class folder, at any depth, symlinked folders followed, whose extension
+in any case is in IMAGE_EXTENSIONS (ImageFolder's list, plus .gif). On purpose
+jtl differs:
+- EXIF rotation is applied (ImageOps.exif_transpose), as a camera shows a photo.
+- Hidden files and folders (any name starting with ".": .DS_Store,
+  .ipynb_checkpoints) are skipped, and are never classes.
+- A folder reached twice through symlinks is read once, so a symlink loop ends.
+- Refused: fewer than two classes; a class folder without images (its label
+  would have no example); a test class that train lacks. A train class that
+  test lacks is fine: a small test set can miss a rare class, and labels
+  always follow train.
+- Every image becomes uint8 RGB: 16-bit images are scaled to 0..255 (PIL
+  would clip them), alpha is dropped, CMYK and palette images are converted.
+- An image over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) counts
+  as undecodable (PIL itself only warns below twice the limit).
+- An undecodable file raises one ValueError naming it, when it is read. With
+  `skip_corrupt=True` every file is decoded once when the source is built and
+  the bad ones are left out and listed in `skipped` (a run writes them to
+  WORKDIR/skipped_files.txt).
 """
 
 from __future__ import annotations
@@ -19,52 +41,110 @@ from PIL import Image, ImageOps
 
 from jtl.data.sources import Source, check_split
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SKIPPED_FILE = "skipped_files.txt"   # Where a run lists the images it left out.
+_FIX = "delete or replace it, or set --config.data.skip_corrupt=True to leave undecodable images out"
 log = logging.getLogger(__name__)
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-  return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _visible(name: str) -> bool:
+  return not name.startswith(".")
 
 
-def _image_files(folder: Path) -> list[Path]:
-  return sorted(p for p in folder.rglob("*")
-         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+def _class_dirs(folder: Path) -> list[str]:
+  """The class folder names in `folder`, in ImageFolder's order (`sorted`, so "C" < "a")."""
+  return sorted(d.name for d in folder.iterdir() if _visible(d.name) and d.is_dir())
+
+
+def _is_image(path: str) -> bool:
+  # A dangling symlink stays in, to be reported as undecodable rather than lost
+  # in silence; pipes and devices stay out (opening one can block).
+  return path.lower().endswith(IMAGE_EXTENSIONS) and (os.path.isfile(path) or not os.path.exists(path))
+
+
+def _unreadable(e: OSError):
+  raise ValueError(f"{e.filename}: cannot list this folder ({e.strerror}); "
+                   "make it readable or move it out of the image folder") from e
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+  """The images at any depth under `class_dir`, each real folder read once.
+
+  >>> _image_files(Path("flowers/rose"))   # doctest: +SKIP
+  [PosixPath('flowers/rose/2024/b.JPG'), PosixPath('flowers/rose/a.jpg')]
+  """
+  seen, files = set(), []
+  for top, dirs, names in os.walk(class_dir, followlinks=True, onerror=_unreadable):
+    real = os.path.realpath(top)
+    if real in seen:   # a link back up the tree, or a second link to one folder
+      dirs.clear()
+      continue
+    seen.add(real)
+    dirs[:] = [d for d in dirs if _visible(d)]
+    files += [Path(top, n) for n in names if _visible(n) and _is_image(os.path.join(top, n))]
+  return sorted(files)
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+  if im.mode.startswith("I"):   # 16-bit grayscale ("I;16", "I"): scale, where PIL would clip at 255
+    gray = np.round(np.clip(np.asarray(im, np.float32), 0, 65535) / 257).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if im.mode == "P":  # via RGBA so palette transparency converts without a warning
+    im = im.convert("RGBA")
+  return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def _reason(path, e: Exception) -> str:
+  if isinstance(e, Image.UnidentifiedImageError):
+    return "an empty file" if os.path.getsize(path) == 0 else "not an image format PIL reads"
+  return " ".join(f"{type(e).__name__}: {e}".split()).rstrip(".")   # one line, whatever PIL said
+
+
+def _decode(path, draft: tuple[int, int] | None = None) -> np.ndarray:
+  try:
+    with Image.open(path) as im:
+      limit = Image.MAX_IMAGE_PIXELS   # read now: a user may have changed it
+      if limit and im.width * im.height > limit:
+        raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels is over PIL's "
+                                           f"decompression-bomb limit Image.MAX_IMAGE_PIXELS={limit}")
+      if draft:
+        # A reduced-scale JPEG decode still reads the whole stream (so a
+        # truncated file fails) at a fraction of the cost; no-op for other formats.
+        im.draft(im.mode, draft)
+      return _to_rgb(ImageOps.exif_transpose(im))  # camera JPEGs store their rotation in EXIF
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    raise ValueError(f"cannot decode image {path} ({_reason(path, e)}); {_FIX}") from e
 
 
 def is_decodable(path: str | os.PathLike) -> bool:
-  """True if PIL fully decodes the file (not just its header).
+  """True if `decode_rgb` would read the file (checked on a reduced-scale decode).
 
   >>> is_decodable("/etc/hostname")
   False
   """
   try:
-    with Image.open(path) as im:
-      # A reduced-scale JPEG decode still reads the whole stream (so a
-      # truncated file fails) at a fraction of the cost; no-op for other formats.
-      im.draft(im.mode, (64, 64))
-      im.load()
+    _decode(path, draft=(64, 64))
     return True
-  except Exception:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+  except ValueError:
     return False
 
 
 def decode_rgb(path: str | os.PathLike) -> np.ndarray:
-  """Decodes any PIL-readable image to uint8 HxWx3 (grayscale/RGBA/palette -> RGB).
+  """Decodes any PIL-readable image to uint8 HxWx3; a bad file raises a ValueError naming it.
 
   >>> decode_rgb("cat.png").shape   # doctest: +SKIP
   (375, 500, 3)
   """
-  try:
-    with Image.open(path) as im:
-      im = ImageOps.exif_transpose(im)  # camera JPEGs store their rotation in EXIF
-      if im.mode == "P":  # via RGBA so palette transparency converts without a warning
-        im = im.convert("RGBA")
-      return np.asarray(im.convert("RGB"), np.uint8)
-  except Exception as e:
-    raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); expected a readable "
-            "image file (--config.data.skip_corrupt=True skips undecodable files)") from e
+  return _decode(path)
+
+
+def _refuse_empty(folder: Path, class_names: list[str], labels: list[int], what: str) -> None:
+  present = set(labels)
+  empty = [str(folder / c) for i, c in enumerate(class_names) if i not in present and (folder / c).is_dir()]
+  if empty:
+    raise ValueError(f"{', '.join(empty)}: no {what}; expected files ending in "
+                     f"{', '.join(IMAGE_EXTENSIONS)} (any case) in each class folder, "
+                     "so add some or remove the folder")
 
 
 class FolderSource(Source):
@@ -85,25 +165,24 @@ class FolderSource(Source):
       folder = class_folder = root
     else:
       raise ValueError(f"folder:{root}: has no train/ and test/ subfolders, so the whole folder "
-              f"is the 'train' split; expected root/train and root/test for a {split!r} split")
-    self.class_names = [d.name for d in _class_dirs(class_folder)]
-    if not self.class_names:
-      raise ValueError(f"{class_folder}: no class folders; expected {class_folder}/<class>/<image>")
-    extra = sorted({d.name for d in _class_dirs(folder)} - set(self.class_names))
+                       f"is the 'train' split; expected root/train and root/test for a {split!r} split")
+    self.class_names = _class_dirs(class_folder)
+    if len(self.class_names) < 2:
+      raise ValueError(f"{class_folder}: {len(self.class_names)} class folder(s) {self.class_names}; "
+                       f"expected at least 2 (a classifier needs two classes), "
+                       f"as {class_folder}/<class>/<image>")
+    extra = sorted(set(_class_dirs(folder)) - set(self.class_names))
     if extra:
       raise ValueError(f"{folder}: class folders {extra} are not in {class_folder}; "
-              "expected the test classes to be among the train classes")
+                       f"add them to {class_folder} or remove them from {folder}")
 
     paths, labels = [], []
     for label, class_name in enumerate(self.class_names):
-      class_dir = folder / class_name
-      if not class_dir.is_dir():
-        continue  # a test split may lack a class; its label ids still follow train
-      files = _image_files(class_dir)
-      if not files:
-        raise ValueError(f"{class_dir}: no images; expected files ending in {', '.join(IMAGE_EXTENSIONS)}")
-      paths += files
-      labels += [label] * len(files)
+      if (folder / class_name).is_dir():  # a test split may lack a class; its label ids still follow train
+        files = _image_files(folder / class_name)
+        paths += files
+        labels += [label] * len(files)
+    _refuse_empty(folder, self.class_names, labels, "images")
 
     self.skipped: list[str] = []
     if skip_corrupt:
@@ -116,6 +195,7 @@ class FolderSource(Source):
       if self.skipped:
         log.warning("%s: skipped %d undecodable image(s), e.g. %s; a run lists them all in "
                     "WORKDIR/%s", folder, len(self.skipped), self.skipped[0], SKIPPED_FILE)
+        _refuse_empty(folder, self.class_names, labels, "decodable images")
 
     self.name = f"folder:{root}"
     self.split = split
