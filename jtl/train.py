@@ -409,8 +409,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_val, last_val = _logged_val(workdir)
   target_val = _logged_val(workdir, "val_target")[1]
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    writers.write_atomic(os.path.join(workdir, "config.json"),
+                         config.to_json_best_effort(indent=2))
 
   p_train = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
   p_eval = jax.jit(eval_step, out_shardings=replicated)
@@ -501,8 +501,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         summary["target_val_accuracy"] = target_val["accuracy"]
     writer.write(config.total_steps, {f"test/{k}": v for k, v in test.items()})
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+      writers.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
   finally:
     release()
@@ -571,8 +570,7 @@ def _write_model_json(workdir, config, arch, num_classes, class_names, mean, std
           "class_names": list(class_names),
           "data": {"image_size": config.data.image_size, "channels": config.data.channels,
                    "mean": list(mean), "std": list(std)}}
-  with open(os.path.join(workdir, checkpoint.MODEL_JSON), "w") as f:
-    json.dump(meta, f, indent=2)
+  writers.write_atomic(os.path.join(workdir, checkpoint.MODEL_JSON), json.dumps(meta, indent=2))
 
 
 def architecture(config, meta: dict) -> dict:

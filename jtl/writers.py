@@ -85,6 +85,14 @@ def _truncate_after(path: str, step: int, redo: tuple[str, ...] = ()) -> list[di
     rows = [json.loads(line) for line in f if line.strip()]
   rows = [r for r in rows if r["step"] <= step
           and not any(k.startswith(p) for k in r if k != "step" for p in redo)]
-  with open(path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
+  write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
   return rows
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` so that a reader (or a rerun after a kill) sees the old file or
+  the whole new one, never a half-written one."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)

@@ -81,3 +81,18 @@ def test_a_full_disk_fails_naming_the_path_keeps_the_last_checkpoint_and_resumes
   assert "no space left on device" in trial["error"] and trial["workdir"] in trial["error"]
   assert trial["moment"].endswith("(step 2 kept)")
   assert_recovered_identically(trial)
+
+
+def test_json_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+  from jtl import writers
+  path = str(tmp_path / "summary.json")
+  writers.write_atomic(path, "old")
+  def killed(*args):
+    raise KeyboardInterrupt("killed before the rename")
+  monkeypatch.setattr(writers.os, "replace", killed)
+  with pytest.raises(KeyboardInterrupt):
+    writers.write_atomic(path, "new, but only half of it made it")
+  assert open(path).read() == "old"
+  monkeypatch.undo()
+  writers.write_atomic(path, "new")
+  assert open(path).read() == "new"
