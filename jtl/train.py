@@ -406,8 +406,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # The final evaluation (test/...) is redone by every run that reaches the end.
   writer = writers.MetricWriter(workdir, resume_step=start, redo=("test",))
   # A resumed run's summary covers what it validated before its checkpoint too.
-  best_val, last_val = _logged_val(workdir)
-  target_val = _logged_val(workdir, "val_target")[1]
+  best_val, last_val = _logged_val(writer.kept)
+  target_val = _logged_val(writer.kept, "val_target")[1]
   if jax.process_index() == 0:
     writers.write_atomic(os.path.join(workdir, "config.json"),
                          config.to_json_best_effort(indent=2))
@@ -435,6 +435,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       images_seen += batch_size
       is_last = step == config.total_steps
       due_ckpt = step % config.checkpoint_every == 0 or is_last
+      due_eval = is_last or bool(config.eval_every and step % config.eval_every == 0)
       if step % config.log_every == 0 or due_ckpt or preemption.requested:
         metrics = jax.device_get(metrics)
         if not np.isfinite(metrics["loss"]):
@@ -449,15 +450,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(step, {f"train/{k}": v for k, v in metrics.items()} | {
             f"train/lr/{label}": v for label, v in lrs.items()} | {"train/images_per_sec": speed})
         _progress(bar, config, step, metrics, max(lrs.values(), default=0.0), speed)
-      if splits.get("val") is not None and (
-          is_last or (config.eval_every and step % config.eval_every == 0)):
+      if splits.get("val") is not None and due_eval:
         val = evaluate(p_eval, state, splits["val"], config, put)
         writer.write(step, {f"val/{k}": v for k, v in val.items()})
         last_val = val
         if best_val is None or val["accuracy"] > best_val[1]:
           best_val = (step, val["accuracy"])
-      if target and target["val"] is not None and (
-          is_last or (config.eval_every and step % config.eval_every == 0)):
+      if target and target["val"] is not None and due_eval:
         target_val = evaluate(p_eval, state, target["val"], config, put)
         writer.write(step, {f"val_target/{k}": v for k, v in target_val.items()})
       if due_ckpt or preemption.requested:
@@ -537,13 +536,12 @@ def enable_compilation_cache() -> str:
   return path
 
 
-def _logged_val(workdir: str, prefix: str = "val") -> tuple:
-  """(best (step, accuracy), last {"accuracy", "loss"}) of the `prefix`/ rows in metrics.jsonl,
-  or Nones: what a resumed run validated before its checkpoint."""
-  if jax.process_index() != 0 or not os.path.exists(os.path.join(workdir, writers.METRICS)):
-    return None, None   # Only process 0 writes metrics (and the summary).
+def _logged_val(logged: list[dict], prefix: str = "val") -> tuple:
+  """(best (step, accuracy), last {"accuracy", "loss"}) of the `prefix`/ rows among the kept
+  metrics.jsonl rows `logged`, or Nones: what a resumed run validated before its checkpoint.
+  Only process 0 writes metrics (and the summary); the others have no rows."""
   acc, loss = f"{prefix}/accuracy", f"{prefix}/loss"
-  rows = [r for r in writers.read_metrics(workdir) if acc in r]
+  rows = [r for r in logged if acc in r]
   if not rows:
     return None, None
   best = max(rows, key=lambda r: r[acc])   # The first of equals, as in the loop.

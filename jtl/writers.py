@@ -24,13 +24,15 @@ class MetricWriter:
   def __init__(self, workdir: str, *, resume_step: int | None = None,
                redo: tuple[str, ...] = ()):
     """`resume_step`: rows after it are dropped (the resumed run writes them again), and so
-    are rows whose metric names start with a prefix in `redo` (written again at any step)."""
+    are rows whose metric names start with a prefix in `redo` (written again at any step).
+    `kept`: the rows left from earlier runs (none on other processes)."""
     self.active = jax.process_index() == 0
+    self.kept = []
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS)
-    kept = _truncate_after(self.path, resume_step, redo) if resume_step is not None else []
+    self.kept = _truncate_after(self.path, resume_step, redo) if resume_step is not None else []
     self._jsonl = open(self.path, "a")
     from tensorboardX import SummaryWriter  # Imported lazily: it pulls in protobuf.
     tb_dir = os.path.join(workdir, TENSORBOARD)
@@ -39,7 +41,7 @@ class MetricWriter:
       # resumed run never holds a point twice.
       shutil.rmtree(tb_dir, ignore_errors=True)
     self._tb = SummaryWriter(tb_dir)
-    for row in kept:
+    for row in self.kept:
       self._add_scalars(row)
 
   def write(self, step: int, metrics: dict) -> None:
