@@ -5,6 +5,8 @@
 #   ./launch.sh experiments/NAME.py [ARGS ...]                           a study or benchmark
 #   ./launch.sh sweep experiments/NAME.py [--workdir DIR] [--print_commands]   a study's grid
 #   ./launch.sh report DIR                                               RESULTS.md of a sweep
+#   ./launch.sh diagnose CONFIG[:ARGS] [--sources A,B]                   transferability scores
+#   ./launch.sh recommend CONFIG[:ARGS]                                  a strategy from cheap signals
 #   ./launch.sh test [PYTEST ARGS ...]                                   the tests
 # One run on several processes (jtl/distributed.py), before CONFIG:
 #   --processes N        N processes on this machine (CPU collectives through gloo)
@@ -37,10 +39,10 @@ setup() {
 }
 
 if [[ $# -eq 0 ]]; then
-  sed -n '2,12p' "$0"; exit 2
+  sed -n '2,14p' "$0"; exit 2
 fi
 if [[ $1 == -h || $1 == --help ]]; then
-  sed -n '2,12p' "$0"; echo "  CONFIG --help shows a config's arguments and fields; .venv/bin/jtl list shows what exists."; exit 0
+  sed -n '2,14p' "$0"; echo "  CONFIG --help shows a config's arguments and fields; .venv/bin/jtl list shows what exists."; exit 0
 fi
 case "$1" in
   --tpu)
@@ -77,7 +79,7 @@ case "$1" in
 esac
 case "$1" in
   test) shift; exec .venv/bin/python -m pytest "$@" ;;
-  sweep|report) exec .venv/bin/python -m jtl.cli "$@" ;;
+  sweep|report|diagnose|recommend) exec .venv/bin/python -m jtl.cli "$@" ;;
   experiments/*.py) exec .venv/bin/python "$@" ;;
   *) config="$1"; shift; exec .venv/bin/python -m jtl.main --config="$config" "$@" ;;
 esac

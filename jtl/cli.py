@@ -2,6 +2,10 @@
 
   jtl train CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR
   jtl strategy show CONFIG[:ARGS] [--config.FIELD=VALUE ...]
+  jtl diagnose CONFIG[:ARGS] [--sources A,B] [--layers L,..] [--out F.json]
+                           transferability scores per source and stage, before training
+  jtl recommend CONFIG[:ARGS] [--out F.json]
+                           a strategy, cut depth and lr range from cheap signals
   jtl predict --checkpoint DIR IMAGE [IMAGE ...]
   jtl convert SRC DST      (SRC: HF folder or hub id, .pth, BiT .npz, jtl workdir; DST: a new workdir)
   jtl sweep STUDY.py [--workdir DIR] [--print_commands]   run a study's grid (experiments/)
@@ -25,6 +29,9 @@ def main(argv: list[str] | None = None):
     return
   if argv[:2] == ["strategy", "show"] and len(argv) > 2:
     run.main(["jtl", f"--config={argv[2]}", "--dry_run", *argv[3:]])
+    return
+  if argv[:1] in (["diagnose"], ["recommend"]) and len(argv) > 1:
+    run.main(["jtl", f"--config={argv[1]}", f"--{argv[0]}", *argv[2:]])
     return
   if argv[:1] == ["convert"] and len(argv) == 3:
     from jtl import convert

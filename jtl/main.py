@@ -23,6 +23,13 @@ from jtl.config import first_line
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg string].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print what the strategy trains and exit.")
+_DIAGNOSE = flags.DEFINE_bool("diagnose", False, "Print transferability estimates per source and "
+                              "stage (jtl/diagnose/estimate.py) and exit.")
+_RECOMMEND = flags.DEFINE_bool("recommend", False, "Recommend a strategy, cut depth and lr range "
+                               "from cheap signals (jtl/diagnose/recommend.py) and exit.")
+_SOURCES = flags.DEFINE_list("sources", [], "--diagnose: sources to score besides config.init.")
+_LAYERS = flags.DEFINE_list("layers", [], "--diagnose: layers to score (default: all).")
+_OUT = flags.DEFINE_string("out", None, "--diagnose / --recommend: also write the result as JSON here.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
 
 # OSError: a workdir that is a file, not writable, or a full disk; its message names the path.
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise
       fail(first_line(e))
     return {}
+  if _DIAGNOSE.value or _RECOMMEND.value:
+    return diagnose(config, argv)
   if not _WORKDIR.value:
     fail("--workdir is required: the directory for checkpoints, metrics and the summary.")
   # orbax and grain log every save at INFO, and a failed save's traceback from each writer
@@ -87,6 +96,34 @@ def main(argv: list[str] | None = None) -> dict:
   if train.jax.process_index() == 0:
     print(json.dumps(summary, indent=2))
   return summary
+
+
+def diagnose(config, argv) -> dict:
+  """--diagnose (`jtl diagnose`) and --recommend (`jtl recommend`): print, optionally write
+  JSON, exit."""
+  logging.set_verbosity(logging.WARNING if verbose(argv) else logging.FATAL)
+  from jtl import train
+  train.enable_compilation_cache()
+  try:
+    if _RECOMMEND.value:
+      from jtl.diagnose import recommend
+      result = recommend.recommend(config)
+      print(recommend.describe(result))
+    else:
+      from jtl.diagnose import estimate
+      sources = [s for s in dict.fromkeys([config.init, *_SOURCES.value, "random"]) if s]
+      rows = estimate.estimate(config, sources, _LAYERS.value or estimate.LAYERS)
+      print(estimate.table(rows))
+      result = {"rows": rows}
+  except USER_ERRORS as e:
+    if verbose(argv):
+      raise
+    fail(first_line(e))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(result, f, indent=2, default=str)
+    print(f"wrote {_OUT.value}")
+  return result
 
 
 def os_error(e: OSError) -> str:

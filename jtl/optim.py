@@ -17,7 +17,8 @@ import optax
 from jtl.strategy import FREEZE
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "lr_range")
+RANGE_START = 1e-4   # lr_range: the lr rises geometrically from lr x RANGE_START to lr.
 
 
 def make_schedule(cfg, total_steps: int, name: str | None = None) -> optax.Schedule:
@@ -28,6 +29,9 @@ def make_schedule(cfg, total_steps: int, name: str | None = None) -> optax.Sched
     main = optax.constant_schedule(lr)
   elif name in ("cosine", "warmup_cosine"):
     main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
+  elif name == "lr_range":   # An lr range test (Smith 2017): jtl recommend reads its losses.
+    main = optax.exponential_decay(lr * RANGE_START, max(total_steps - warmup - 1, 1),
+                                   1 / RANGE_START)
   else:
     raise ValueError(f"config field optim.schedule is {name!r}; expected one of {', '.join(SCHEDULES)}.")
   if warmup <= 0:

@@ -24,6 +24,8 @@ import sys
 from typing import Sequence
 
 RESULTS_MD = "RESULTS.md"
+DIAGNOSTICS = "diagnostics.json"     # A cell's drift and CKA per stage (jtl/diagnose/after.py).
+PICTURES = "features"                # The cells' feature pictures, copied beside RESULTS.md.
 METRIC = "test_accuracy"
 SELECT_ON = "val_accuracy"
 
@@ -293,6 +295,7 @@ def write_report(root: str) -> str:
   if verdicts:
     lines += ["## What the intervals allow", ""] + verdicts + [""]
   lines += [f"![{os.path.basename(p)[:-4]}]({os.path.basename(p)})" for p in pngs] + [""]
+  lines += diagnostics_section(root, stage_rows, spec)
   other = sorted({r["stage"] for r in rows} - {spec["stage"]})
   for stage in other:
     rs = [r for r in rows if r["stage"] == stage]
@@ -300,7 +303,8 @@ def write_report(root: str) -> str:
     lines += [f"Stage `{stage}`: {len(rs)} cell(s), test accuracy {_ci(m, lo, hi)} %.", ""]
   lines += first_step_lines(rows)
   lines += ["## Provenance", "", f"Study `{study['name']}`" + (f"; budget: {study['budget']}" if study.get("budget") else "") + ".", ""]
-  for run in study.get("runs", [])[-3:]:
+  runs = study.get("runs", [])
+  for run in runs[:1] + runs[1:][-2:]:   # The first (it ran the cells) and the latest.
     lines.append(f"- `{run['command']}` — {run['date']}, commit {run['commit']}, jax {run['jax']} / "
                  f"jaxlib {run['jaxlib']}, {run['device']}, {run['host']}")
   lines += ["", f"Cells: {len(rows)} rows in `{RESULTS}`; per-cell workdirs under `{{stage}}/{{cell}}/`. "
@@ -310,6 +314,80 @@ def write_report(root: str) -> str:
   with open(os.path.join(root, RESULTS_MD), "w") as f:
     f.write(text)
   return text
+
+
+def _cell_diagnostics(root: str, row: dict) -> tuple[str, dict] | None:
+  """(the cell's folder, its diagnostics.json) when `jtl sweep --diagnose` wrote one."""
+  for folder in (os.path.join(root, row["stage"], row["cell"]), row.get("workdir") or ""):
+    path = os.path.join(folder, DIAGNOSTICS)
+    if folder and os.path.exists(path):
+      with open(path) as f:
+        return folder, json.load(f)
+  return None
+
+
+def diagnostics_section(root: str, rows: list[dict], spec: dict) -> list[str]:
+  """Mean weight drift and CKA per stage for each compared value (and split), a plot of
+  them, and links to the seed-0 feature pictures (copied under PICTURES/)."""
+  import shutil
+  found = [(r, d) for r in rows if (d := _cell_diagnostics(root, r)) and "drift" in d[1]]
+  if not found:
+    return []
+  compare, by = spec["compare"], list(spec["by"])
+  stages = list(dict.fromkeys(s for _, (_, d) in found for s in d["drift"]))
+  layers = list(dict.fromkeys(s for _, (_, d) in found for s in d["cka"]))
+  groups: dict[tuple, list[dict]] = {}
+  for r, (_, d) in found:
+    groups.setdefault((*_key(r, by), r[compare]), []).append(d)
+  mean = lambda ds, kind, s: statistics.fmean(d[kind][s] for d in ds if s in d[kind])
+  lines = ["## What each strategy did to the network", "",
+           "Weight drift ‖θ − θ_source‖ / ‖θ_source‖ per stage (0 exactly where frozen; the plot "
+           "adds the same for the BatchNorm running statistics, which move with no gradient) and "
+           f"linear CKA between the source's and the trained model's features on "
+           f"{found[0][1][1]['probe_examples']} fixed target test images (1: unchanged), mean "
+           "over seeds.", "",
+           "| " + " | ".join([*by, compare] + [f"drift {s}" for s in stages]
+                             + [f"CKA {s}" for s in layers]) + " |",
+           "|" + "---|" * (len(by) + 1 + len(stages) + len(layers))]
+  for key, ds in groups.items():
+    lines.append("| " + " | ".join([str(k) for k in key]
+                                   + [f"{mean(ds, 'drift', s):.3f}" for s in stages]
+                                   + [f"{mean(ds, 'cka', s):.2f}" for s in layers]) + " |")
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  splits = list(dict.fromkeys(k[:-1] for k in groups))
+  kinds = [("drift", stages, "weight drift"), ("cka", layers, "CKA vs source")]
+  if all("bn_drift" in d for _, (_, d) in found):
+    kinds.insert(1, ("bn_drift", stages, "BatchNorm statistics drift"))
+  fig, axes = plt.subplots(len(splits), len(kinds), figsize=(4.5 * len(kinds), 2.6 * len(splits) + 0.6),
+                           squeeze=False)
+  for i, split in enumerate(splits):
+    for j, (kind, names, label) in enumerate(kinds):
+      ax = axes[i, j]
+      for key, ds in groups.items():
+        if key[:-1] == split:
+          ax.plot(range(len(names)), [mean(ds, kind, s) for s in names], marker="o", label=key[-1])
+      ax.set_xticks(range(len(names)), names, fontsize=7)
+      ax.set_ylabel(label + (f"\n{', '.join(f'{b}={v}' for b, v in zip(by, split))}" if by else ""),
+                    fontsize=8)
+      ax.grid(alpha=0.3)
+  axes[0, -1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(root, "diagnostics.png"), dpi=100)
+  plt.close(fig)
+  lines += ["", "![diagnostics](diagnostics.png)", "",
+            "Pre-logit features before and after transfer (PCA and t-SNE; by class and by "
+            "domain), seed 0 of each cell:", ""]
+  os.makedirs(os.path.join(root, PICTURES), exist_ok=True)
+  links = []
+  for r, (folder, d) in found:
+    if r.get("seed", 0) == 0 and d.get("picture"):
+      name = f"{r['stage']}-{r['cell']}.png"
+      shutil.copyfile(os.path.join(folder, d["picture"]), os.path.join(root, PICTURES, name))
+      links.append(f"[{', '.join(str(k) for k in (*_key(r, by), r[compare]))}]"
+                   f"({PICTURES}/{name})")
+  return lines + [" · ".join(links), ""]
 
 
 def first_step_lines(rows: list[dict]) -> list[str]:

@@ -331,15 +331,18 @@ def provenance(argv: Sequence[str]) -> dict:
           "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"}
 
 
-def run(study: Study, root: str, *, print_commands: bool = False, log=print) -> list[dict]:
-  """Runs every unfinished cell of `study` under `root`; returns results.jsonl's rows."""
+def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool = False,
+        log=print) -> list[dict]:
+  """Runs every unfinished cell of `study` under `root`; returns results.jsonl's rows.
+  `diagnose`: also write each report-stage cell's drift, CKA and feature picture
+  (jtl/diagnose/after.py), for cells finished earlier too."""
   checked = validate(study, root)
   todo = [(c, cfg) for c, cfg in checked if not c.finished]
   if print_commands:
     for cell, _ in todo:
       print(command(cell))
     return read_results(root)
-  from jtl import train
+  from jtl import report as report_lib, train
   os.makedirs(root, exist_ok=True)
   train.enable_compilation_cache()
   _write_study_json(study, root, sys.argv)
@@ -353,6 +356,11 @@ def run(study: Study, root: str, *, print_commands: bool = False, log=print) -> 
       log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
       train.train_and_evaluate(config, cell.workdir)
       ran += 1
+    if diagnose and study.report and cell.stage == study.report.stage and not os.path.exists(
+        os.path.join(cell.workdir, report_lib.DIAGNOSTICS)):
+      from jtl.diagnose import after
+      log(f"diagnostics of {cell.stage}/{cell.name}")
+      after.diagnose_run(cell.workdir)
     if (cell.stage, cell.name) not in recorded:
       with open(os.path.join(cell.workdir, SUMMARY)) as f:
         _append_result(root, result_row(cell, json.load(f)))
@@ -403,6 +411,9 @@ def main(argv: Sequence[str] | None = None, study: Study | None = None) -> int:
   parser.add_argument("--print_commands", action="store_true",
                       help="print one ./launch.sh line per unfinished cell and exit")
   parser.add_argument("--no_report", action="store_true", help="do not write RESULTS.md")
+  parser.add_argument("--diagnose", action="store_true",
+                      help="per transfer cell: weight drift and CKA per stage and a feature "
+                      "picture, written to its workdir and shown by the report")
   args = parser.parse_args(argv)
   from absl import logging
   logging.set_verbosity(logging.WARNING)
@@ -410,7 +421,7 @@ def main(argv: Sequence[str] | None = None, study: Study | None = None) -> int:
   try:
     study = study or load_study(args.study)
     root = args.workdir or os.path.join("runs", study.name)
-    run(study, root, print_commands=args.print_commands)
+    run(study, root, print_commands=args.print_commands, diagnose=args.diagnose)
   except (ValueError, FileNotFoundError) as e:
     if os.environ.get("JTL_TRACEBACK"):
       raise

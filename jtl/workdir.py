@@ -11,6 +11,8 @@ import json
 import os
 import socket
 
+from jtl.config import base_config
+
 LOCK = ".jtl.lock"
 CONFIG_JSON = "config.json"
 # Fields that change how a run is watched, not what it computes: free to differ on resume.
@@ -89,7 +91,8 @@ def config_changes(workdir: str, config) -> list[str]:
   """"field: stored -> new" for every setting that differs from the run in `workdir`.
 
   Empty when the workdir holds no run yet. Fields in HARMLESS and in
-  `config.allow_changed` may differ.
+  `config.allow_changed` may differ. A field the stored run predates counts as its
+  default (a new field's default keeps the earlier behaviour).
   """
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.exists(path):
@@ -97,6 +100,8 @@ def config_changes(workdir: str, config) -> list[str]:
   with open(path) as f:
     stored = _flat(json.load(f))
   new = _flat(json.loads(config.to_json_best_effort()))
+  defaults = _flat(json.loads(base_config().to_json_best_effort()))
+  stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
   allowed = set(HARMLESS) | set(config.get("allow_changed") or ())
   return [f"{k}: {stored.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
           for k in sorted(set(stored) | set(new))

@@ -158,13 +158,6 @@ def test_the_cached_prefix_ends_where_the_strategy_stops_freezing(name, config, 
   assert start == want and bool(why) == (want is None)
 
 
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("source"))
-  train.train_and_evaluate(tiny_config(total_steps=2), workdir)
-  return workdir
-
-
 def test_training_on_the_cached_prefix_gives_the_same_parameters(source_run, tmp_path,
                                                                  monkeypatch):
   monkeypatch.setenv("JTL_PREFIX_CACHE", str(tmp_path / "cache"))

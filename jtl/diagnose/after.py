@@ -1,0 +1,157 @@
+"""What a strategy did to the network: per-cell diagnostics after training.
+
+For a finished run's workdir, against the source it started from (config.init):
+  - weight drift per stage, ‖θ − θ_source‖ / ‖θ_source‖ (exactly 0 for a frozen stage;
+    parameters not loaded from the source, config.dont_load, are left out), and the same
+    for the BatchNorm running statistics, which move with no gradient;
+  - linear CKA per layer between the source's and the trained model's features on a
+    fixed probe batch (the first PROBE images of the target's test split);
+  - features.png: the pre-logit features of target and source-domain images, before
+    (source model) and after (trained model) transfer, projected to 2-D by PCA and
+    t-SNE (scikit-learn), colored by class and by domain.
+Written to DIAGNOSTICS and PICTURE in the workdir. `jtl sweep STUDY.py --diagnose`
+does this for every transfer cell, and `jtl report` tabulates and plots it.
+
+>>> result = diagnose_run("runs/strategy_ablation/target/shots=10,...,seed=0")  # doctest: +SKIP
+>>> result["drift"]["stem"], result["cka"]["stem"]
+(0.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from jtl import adapt, checkpoint, data, models, report
+from jtl import config as config_lib
+from jtl.diagnose import features, similarity
+
+DIAGNOSTICS = report.DIAGNOSTICS   # diagnostics.json
+PICTURE = "features.png"
+PROBE = 256            # Images per domain in the fixed probe batch.
+
+
+def _config(workdir: str):
+  """The run's config.json over today's defaults (a run older than a field lacks it)."""
+  def merge(base: dict, saved: dict) -> dict:
+    return {**base, **{k: merge(base[k], v) if isinstance(base.get(k), dict) and
+                       isinstance(v, dict) else v for k, v in saved.items()}}
+  saved = checkpoint.read_json(os.path.join(workdir, "config.json"),
+                               "the config.json a jtl run writes")
+  return ml_collections.ConfigDict(merge(config_lib.base_config().to_dict(), saved))
+
+
+def _source_domain(config) -> tuple[str, object] | None:
+  """(name, test split) of the other domain: the adaptation target, or the data the source
+  was trained on when config.init is a jtl run that says so; None when neither is known."""
+  try:
+    if config.adapt.target:
+      spec = {"name": config.adapt.target, "data_dir": config.data.data_dir,
+              "classes": config.data.classes}
+    else:
+      src = _config(config.init) if os.path.exists(os.path.join(config.init, "config.json")) else None
+      if src is None:
+        return None
+      spec = {"name": src.data.name, "data_dir": src.data.get("data_dir"),
+              "classes": src.data.get("classes")}
+    return _named(spec["name"], spec["classes"]), data.make_splits({**spec, "val_per_class": 0}, seed=0)["test"]
+  except (OSError, ValueError, KeyError):
+    return None    # A source trained on data that is not here: the target domain alone.
+
+
+def _named(name: str, classes) -> str:
+  return f"{name} {list(classes)}" if classes else name
+
+
+def diagnose_run(workdir: str, *, probe: int = PROBE, picture: bool = True, tsne: bool = True
+                 ) -> dict:
+  """Drift and CKA per stage (and features.png) for the run in `workdir`; writes and returns
+  DIAGNOSTICS' content. A run without a source (scratch) gets the picture alone."""
+  t0 = time.time()
+  config = _config(workdir)
+  trained = features.load_model(workdir, config)
+  source = features.load_model(config.init, config) if config.init else None
+  target = data.make_splits(config.data, seed=config.seed)["test"]
+  result = {"probe_examples": min(probe, len(target)), "source": config.init or None}
+  if source is not None and config.strategy.name != "scratch":
+    skip = (*config.dont_load, f"{adapt.HEAD}/.*")
+    result["drift"] = similarity.weight_drift(trained.variables["params"],
+                                              source.variables["params"], skip)
+    # BatchNorm's running statistics move without any gradient (lp_ft's probe phase).
+    result["bn_drift"] = similarity.weight_drift(trained.variables["batch_stats"],
+                                                 source.variables["batch_stats"], skip)
+    before = features.extract(source, target, config, pool=False, limit=probe)
+    after = features.extract(trained, target, config, pool=False, limit=probe)
+    result["cka"] = {layer: similarity.linear_cka(before[layer], after[layer])
+                     for layer in models.LAYERS}
+  if picture:
+    result["picture"] = PICTURE
+    _picture(os.path.join(workdir, PICTURE), config, trained, source, target, probe, tsne)
+  result["seconds"] = time.time() - t0
+  with open(os.path.join(workdir, DIAGNOSTICS), "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+def _pca(x: np.ndarray) -> np.ndarray:
+  x = x - x.mean(0)
+  u, s, _ = np.linalg.svd(x, full_matrices=False)
+  return u[:, :2] * s[:2]
+
+
+def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
+  from sklearn.manifold import TSNE
+  return TSNE(2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed
+              ).fit_transform(x)
+
+
+def _picture(path, config, trained, source, target, probe, tsne) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  domains = [(f"target: {_named(config.data.name, config.data.classes)}", target)]
+  other = _source_domain(config) if source is not None else None
+  if other is not None:
+    domains.append((f"source: {other[0]}", other[1]))
+  models_ = [("before (source)", source), ("after (trained)", trained)]
+  models_ = [(name, m) for name, m in models_ if m is not None]
+  projections = [("PCA", _pca)] + ([("t-SNE", lambda x: _tsne(x, config.seed))] if tsne else [])
+  fig, axes = plt.subplots(len(models_), 2 * len(projections), squeeze=False,
+                           figsize=(4 * 2 * len(projections), 3.6 * len(models_)))
+  for row, (when, model) in enumerate(models_):
+    feats, classes, doms = [], [], []
+    for d, (name, split) in enumerate(domains):
+      out = features.extract(model, split, config, layers=("pre_logits",), limit=probe)
+      feats.append(out["pre_logits"])
+      names = getattr(split, "class_names", None) or []
+      classes += [f"{names[y] if y < len(names) else y}" for y in out["labels"]]
+      doms += [d] * len(out["labels"])
+    x = np.concatenate(feats).astype(np.float64)
+    labels = sorted(set(classes))
+    class_ids = np.array([labels.index(c) for c in classes])
+    for col, (pname, project) in enumerate(projections):
+      xy = project(x)
+      for k, (colors, legend, title) in enumerate((
+          (class_ids, labels, "by class"), (np.array(doms), [n for n, _ in domains], "by domain"))):
+        ax = axes[row, 2 * col + k]
+        cmap = plt.get_cmap("tab20" if len(legend) > 10 else "tab10")
+        for i, lab in enumerate(legend):
+          m = colors == i
+          ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(i % cmap.N), label=lab, alpha=0.7)
+        ax.set_title(f"{when}: {pname}, {title}", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+        if row == 0:
+          ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2 if len(legend) > 6 else 1)
+  fig.suptitle(f"pre-logit features, {os.path.basename(os.path.dirname(path))}: "
+               f"{config.strategy.name}", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  from PIL import Image   # A 64-colour palette: a quarter of the bytes, the same picture.
+  with Image.open(path) as im:
+    small = im.convert("RGB").quantize(64)
+  small.save(path, optimize=True)

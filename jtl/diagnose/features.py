@@ -1,0 +1,88 @@
+"""A model's features at every stage for a split: one jitted inference pass.
+
+>>> model = load_model("runs/strategy_ablation/source/run", config)       # doctest: +SKIP
+>>> feats = extract(model, splits["train"], config, layers=("stage2", "pre_logits"))
+>>> feats["stage2"].shape, feats["logits"].shape, feats["labels"].shape
+((50, 32), (50, 5), (50,))
+
+Spatial activations are averaged over height and width (`pool=True`), the usual
+input to a transferability score; `pool=False` keeps them whole (for CKA on a
+small probe batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtl import convert, data, models, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A network with its weights, as the trainer would build it for `config`'s data."""
+  name: str                # What the user called it: a checkpoint path, or "random init".
+  forward: Any             # train.Forward (normalization included).
+  variables: dict          # {"params", "batch_stats"}.
+  arch: dict
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+
+def load_model(source: str, config, *, seed: int = 0) -> Model:
+  """The source checkpoint `source` (any format jtl reads), or a random init of config's
+  architecture when `source` is "" or "random": the features a from-scratch run starts from."""
+  if source in ("", "random"):
+    params, stats, meta = {}, {}, {}
+  else:
+    params, stats, meta = convert.load(source)
+  arch = train.architecture(config, meta)
+  mean = config.data.mean or meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
+  std = config.data.std or meta.get("data", {}).get("std") or (0.5,) * config.data.channels
+  num_classes = meta.get("model", {}).get("num_classes") or 1
+  model = models.get_model(arch["name"], num_classes=num_classes, small_stem=arch["small_stem"],
+                           width=arch["width"], dtype=jnp.dtype(config.model.dtype))
+  if not params:
+    dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(seed), dummy)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+  return Model(source or "random", train.make_apply_fn(model, mean, std, ()),
+               {"params": params, "batch_stats": stats}, arch, tuple(mean), tuple(std))
+
+
+@functools.partial(jax.jit, static_argnames=("forward", "layers", "pool"))
+def _features(forward, variables, images, layers: tuple[str, ...], pool: bool):
+  logits, out, _ = forward(variables, images, train=False)
+  feats = {layer: out[layer].mean(axis=(1, 2)) if pool and out[layer].ndim == 4 else out[layer]
+           for layer in layers}
+  return {**feats, "logits": logits.astype(jnp.float32)}
+
+
+def extract(model: Model, source, config, *, layers: Sequence[str] = models.LAYERS,
+            pool: bool = True, limit: int | None = None) -> dict[str, np.ndarray]:
+  """{layer: (n, ...) features, "logits": the model's own head's outputs, "labels"} for the
+  first `limit` examples of `source` (all by default), in order, in inference mode."""
+  unknown = [layer for layer in layers if layer not in models.LAYERS]
+  if unknown:
+    raise ValueError(f"unknown layer(s) {', '.join(unknown)}; expected some of "
+                     f"{', '.join(models.LAYERS)}.")
+  n = len(source) if limit is None else min(limit, len(source))
+  batch = config.data.eval_batch_size    # One shape for every split: one compile.
+  outs: dict[str, list] = {}
+  seen = 0
+  for b in data.eval_batches(source, batch_size=batch, image_size=config.data.image_size,
+                             channels=config.data.channels):
+    got = jax.device_get(_features(model.forward, model.variables, b["image"], tuple(layers),
+                                   pool))
+    keep = np.asarray(b["mask"])
+    for k, v in {**got, "labels": b["label"]}.items():
+      outs.setdefault(k, []).append(np.asarray(v)[keep])
+    seen += int(keep.sum())
+    if seen >= n:
+      break
+  return {k: np.concatenate(v)[:n] for k, v in outs.items()}
