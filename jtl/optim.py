@@ -30,6 +30,9 @@ def make_schedule(cfg, total_steps: int, name: str | None = None) -> optax.Sched
   elif name in ("cosine", "warmup_cosine"):
     main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
   elif name == "lr_range":   # An lr range test (Smith 2017): jtl recommend reads its losses.
+    if warmup > 0:
+      raise ValueError(f"config field optim.schedule='lr_range' rises from the first step; set "
+                       f"optim.warmup_steps=0 (it is {warmup}).")
     main = optax.exponential_decay(lr * RANGE_START, max(total_steps - warmup - 1, 1),
                                    1 / RANGE_START)
   else:

@@ -327,67 +327,79 @@ def _cell_diagnostics(root: str, row: dict) -> tuple[str, dict] | None:
 
 
 def diagnostics_section(root: str, rows: list[dict], spec: dict) -> list[str]:
-  """Mean weight drift and CKA per stage for each compared value (and split), a plot of
-  them, and links to the seed-0 feature pictures (copied under PICTURES/)."""
+  """Mean weight drift and CKA per stage for each compared value (and split; the `select`ed
+  choice's cells), a plot of them, and links to the seed-0 feature pictures (copied under
+  PICTURES/). A stage a cell does not report (not loaded from the source) is left out of
+  its mean; "—" where no cell reports it."""
   import shutil
-  found = [(r, d) for r in rows if (d := _cell_diagnostics(root, r)) and "drift" in d[1]]
+  chosen = {key: [(r, d) for r in c["rows"] if (d := _cell_diagnostics(root, r))]
+            for key, c in select(rows, spec).items()}
+  found = [rd for cells in chosen.values() for rd in cells]
   if not found:
     return []
   compare, by = spec["compare"], list(spec["by"])
-  stages = list(dict.fromkeys(s for _, (_, d) in found for s in d["drift"]))
-  layers = list(dict.fromkeys(s for _, (_, d) in found for s in d["cka"]))
-  groups: dict[tuple, list[dict]] = {}
-  for r, (_, d) in found:
-    groups.setdefault((*_key(r, by), r[compare]), []).append(d)
-  mean = lambda ds, kind, s: statistics.fmean(d[kind][s] for d in ds if s in d[kind])
-  lines = ["## What each strategy did to the network", "",
-           "Weight drift ‖θ − θ_source‖ / ‖θ_source‖ per stage (0 exactly where frozen; the plot "
-           "adds the same for the BatchNorm running statistics, which move with no gradient) and "
-           f"linear CKA between the source's and the trained model's features on "
-           f"{found[0][1][1]['probe_examples']} fixed target test images (1: unchanged), mean "
-           "over seeds.", "",
-           "| " + " | ".join([*by, compare] + [f"drift {s}" for s in stages]
-                             + [f"CKA {s}" for s in layers]) + " |",
-           "|" + "---|" * (len(by) + 1 + len(stages) + len(layers))]
-  for key, ds in groups.items():
-    lines.append("| " + " | ".join([str(k) for k in key]
-                                   + [f"{mean(ds, 'drift', s):.3f}" for s in stages]
-                                   + [f"{mean(ds, 'cka', s):.2f}" for s in layers]) + " |")
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  splits = list(dict.fromkeys(k[:-1] for k in groups))
-  kinds = [("drift", stages, "weight drift"), ("cka", layers, "CKA vs source")]
-  if all("bn_drift" in d for _, (_, d) in found):
-    kinds.insert(1, ("bn_drift", stages, "BatchNorm statistics drift"))
-  fig, axes = plt.subplots(len(splits), len(kinds), figsize=(4.5 * len(kinds), 2.6 * len(splits) + 0.6),
-                           squeeze=False)
-  for i, split in enumerate(splits):
-    for j, (kind, names, label) in enumerate(kinds):
-      ax = axes[i, j]
-      for key, ds in groups.items():
-        if key[:-1] == split:
-          ax.plot(range(len(names)), [mean(ds, kind, s) for s in names], marker="o", label=key[-1])
-      ax.set_xticks(range(len(names)), names, fontsize=7)
-      ax.set_ylabel(label + (f"\n{', '.join(f'{b}={v}' for b, v in zip(by, split))}" if by else ""),
-                    fontsize=8)
-      ax.grid(alpha=0.3)
-  axes[0, -1].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(root, "diagnostics.png"), dpi=100)
-  plt.close(fig)
-  lines += ["", "![diagnostics](diagnostics.png)", "",
-            "Pre-logit features before and after transfer (PCA and t-SNE; by class and by "
-            "domain), seed 0 of each cell:", ""]
-  os.makedirs(os.path.join(root, PICTURES), exist_ok=True)
+  kinds = {kind: list(dict.fromkeys(s for _, (_, d) in found for s in d.get(kind, {})))
+           for kind in ("drift", "bn_drift", "cka")}
+
+  def mean(cells, kind, stage):
+    values = [d[kind][stage] for _, (_, d) in cells if stage in d.get(kind, {})]
+    return statistics.fmean(values) if values else None
+
+  fmt = lambda v, digits: "—" if v is None else f"{v:.{digits}f}"
+  lines = []
+  if kinds["drift"]:
+    lines = ["## What each strategy did to the network", "",
+             "Weight drift ‖θ − θ_source‖ / ‖θ_source‖ per stage (0 exactly where frozen; the "
+             "plot adds the same for the BatchNorm running statistics, which move with no "
+             "gradient) and linear CKA between the source's and the trained model's features on "
+             f"{found[0][1][1]['probe_examples']} fixed test images (1: unchanged), mean over "
+             "seeds.", "",
+             "| " + " | ".join([*by, compare] + [f"drift {s}" for s in kinds["drift"]]
+                               + [f"CKA {s}" for s in kinds["cka"]]) + " |",
+             "|" + "---|" * (len(by) + 1 + len(kinds["drift"]) + len(kinds["cka"]))]
+    for key, cells in chosen.items():
+      if any("drift" in d for _, (_, d) in cells):
+        lines.append("| " + " | ".join([str(k) for k in key]
+                                       + [fmt(mean(cells, "drift", s), 3) for s in kinds["drift"]]
+                                       + [fmt(mean(cells, "cka", s), 2) for s in kinds["cka"]]) + " |")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [(k, label) for k, label in (("drift", "weight drift"),
+                                          ("bn_drift", "BatchNorm statistics drift"),
+                                          ("cka", "CKA vs source")) if kinds[k]]
+    splits = list(dict.fromkeys(k[:-1] for k in chosen))
+    fig, axes = plt.subplots(len(splits), len(panels), squeeze=False,
+                             figsize=(4.5 * len(panels), 2.6 * len(splits) + 0.6))
+    for i, split in enumerate(splits):
+      for j, (kind, label) in enumerate(panels):
+        ax, names = axes[i, j], kinds[kind]
+        for key, cells in chosen.items():
+          ys = [mean(cells, kind, s) for s in names]
+          if key[:-1] == split and any(y is not None for y in ys):
+            ax.plot(range(len(names)), [float("nan") if y is None else y for y in ys], marker="o",
+                    label=key[-1])
+        ax.set_xticks(range(len(names)), names, fontsize=7)
+        ax.set_ylabel(label + (f"\n{', '.join(f'{b}={v}' for b, v in zip(by, split))}"
+                               if by else ""), fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(root, "diagnostics.png"), dpi=100)
+    plt.close(fig)
+    lines += ["", "![diagnostics](diagnostics.png)", ""]
   links = []
-  for r, (folder, d) in found:
-    if r.get("seed", 0) == 0 and d.get("picture"):
-      name = f"{r['stage']}-{r['cell']}.png"
-      shutil.copyfile(os.path.join(folder, d["picture"]), os.path.join(root, PICTURES, name))
-      links.append(f"[{', '.join(str(k) for k in (*_key(r, by), r[compare]))}]"
-                   f"({PICTURES}/{name})")
-  return lines + [" · ".join(links), ""]
+  for key, cells in chosen.items():
+    for r, (folder, d) in cells:
+      if r.get("seed", 0) == 0 and d.get("picture"):
+        name = f"{r['stage']}-{r['cell']}.png"
+        os.makedirs(os.path.join(root, PICTURES), exist_ok=True)
+        shutil.copyfile(os.path.join(folder, d["picture"]), os.path.join(root, PICTURES, name))
+        links.append(f"[{', '.join(map(str, key))}]({PICTURES}/{name})")
+  if links:
+    lines += ["Pre-logit features before and after transfer (PCA and t-SNE; by class and by "
+              "domain), seed 0 of each cell:", "", " · ".join(links), ""]
+  return lines
 
 
 def first_step_lines(rows: list[dict]) -> list[str]:

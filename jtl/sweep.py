@@ -337,6 +337,9 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
   `diagnose`: also write each report-stage cell's drift, CKA and feature picture
   (jtl/diagnose/after.py), for cells finished earlier too."""
   checked = validate(study, root)
+  if diagnose and not study.report:
+    raise ValueError(f"--diagnose diagnoses the cells of the study's report stage, and study "
+                     f"{study.name} declares no report=sweep.Report(...).")
   todo = [(c, cfg) for c, cfg in checked if not c.finished]
   if print_commands:
     for cell, _ in todo:
@@ -356,16 +359,25 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
       log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
       train.train_and_evaluate(config, cell.workdir)
       ran += 1
-    if diagnose and study.report and cell.stage == study.report.stage and not os.path.exists(
-        os.path.join(cell.workdir, report_lib.DIAGNOSTICS)):
-      from jtl.diagnose import after
-      log(f"diagnostics of {cell.stage}/{cell.name}")
-      after.diagnose_run(cell.workdir)
     if (cell.stage, cell.name) not in recorded:
       with open(os.path.join(cell.workdir, SUMMARY)) as f:
         _append_result(root, result_row(cell, json.load(f)))
       recorded.add((cell.stage, cell.name))
+    if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, report_lib.DIAGNOSTICS):
+      from jtl.diagnose import after
+      log(f"diagnostics of {cell.stage}/{cell.name}")
+      try:
+        after.diagnose_run(cell.workdir)
+      except (ValueError, OSError) as e:   # The cell's result stands; say why its picture does not.
+        log(f"  no diagnostics for {cell.stage}/{cell.name}: {first_line(e)}")
   return read_results(root)
+
+
+def _stale(workdir: str, name: str) -> bool:
+  """Whether `name` in `workdir` is missing or older than the run's summary."""
+  path = os.path.join(workdir, name)
+  return not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(
+      os.path.join(workdir, SUMMARY))
 
 
 def _write_study_json(study: Study, root: str, argv: Sequence[str]) -> None:

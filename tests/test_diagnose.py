@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jtl import report, train
-from jtl.diagnose import after, estimate, recommend, similarity
+from jtl.diagnose import after, estimate, recommend, similarity, transferability
 
 from test_train import tiny_config
 
@@ -87,7 +87,7 @@ def test_partial2_run_has_zero_drift_exactly_where_frozen(runs):
   assert os.path.exists(os.path.join(root, "diagnostics.png"))
 
 
-def test_estimate_scores_every_layer_and_reads_the_prefix_cache(runs):
+def test_estimate_scores_every_layer_and_reads_the_prefix_cache(runs, tmp_path):
   source, _, config = runs
   rows = estimate.estimate(config, [source, "random"], log=lambda _: None)
   layers = [(r["source"], r["layer"]) for r in rows]
@@ -97,9 +97,18 @@ def test_estimate_scores_every_layer_and_reads_the_prefix_cache(runs):
   assert cached == {"stage2"}                   # What the partial:2 run left in the cache.
   head = rows[len(estimate.LAYERS) - 1]
   assert head["leep"] is not None and rows[0]["leep"] is None
-  assert all(0 <= r["ridge"] <= 1 and np.isfinite(r["logme"]) for r in rows)
   text = estimate.table(rows)
   assert "| random | stage2 |" in text and "cache" in text
+  # Recomputed without the cache, the cached layer scores the same.
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JTL_PREFIX_CACHE", str(tmp_path))
+    fresh = estimate.estimate(config, [source], ("stage2",), log=lambda _: None)[0]
+  assert not fresh["from_cache"]
+  stage2 = next(r for r in rows if r["layer"] == "stage2" and r["source"] == source)
+  assert [fresh[n] is None for n in transferability.SCORES] == [
+      stage2[n] is None for n in transferability.SCORES]
+  for name in ("logme", "h_score", "ridge", "knn"):
+    assert fresh[name] == pytest.approx(stage2[name], rel=1e-4, abs=1e-6), name
 
 
 def _signals(src, rnd, per_class=10, val=100):
@@ -122,20 +131,51 @@ def _signals(src, rnd, per_class=10, val=100):
     ((.5, .5, .5, .5, .6, .6), (.5, .5, .5, .5, .65, .65), 10, (), ("partial:3", "stage3")),
     # Among a study's strategies: partial:3 maps to partial:2 (trains at least as much).
     ((.6, .7, .8, .85, .9, .9), (.5,) * 6, 10, ("scratch", "linear_probe", "partial:2",
-                                                 "full_finetune"), ("partial:2", "stage3")),
+                                                 "full_finetune"), ("partial:2", "stage2")),
     ((.6, .7, .8, .85, .9, .9), (.5,) * 6, 10, ("linear_probe", "lp_ft", "full_finetune"),
-     ("full_finetune", "stage3")),
+     ("full_finetune", None)),
 ])
 def test_recommendation_rule(src, rnd, per_class, among, want):
   strategy, cut, why = recommend.choose(_signals(src, rnd, per_class), among)
   assert (strategy, cut) == want and why
 
 
-def test_lr_range_test_runs_the_trainer_with_a_rising_lr(runs, tmp_path):
+def test_lr_range_test_runs_the_trainer_with_a_rising_lr(runs):
   source, _, config = runs
   result = recommend.lr_range_test(config, "partial:2", steps=6, top=1.0)
   lrs = [lr for lr, _ in result["curve"]]
   assert len(lrs) == 6 and all(a < b for a, b in zip(lrs, lrs[1:]))
   assert lrs[0] == pytest.approx(1.0 * 1e-4) and lrs[-1] == pytest.approx(1.0)
-  assert result["lr_range"][0] < result["lr"] < result["lr_range"][1]
-  assert result["lr_at_min_loss"] in lrs
+
+
+def test_suggested_lr_is_a_tenth_of_the_lowest_smoothed_loss_before_divergence():
+  lrs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]
+  # The raw minimum (0.1 at lr 1.0) is one noisy step; the smoothed curve bottoms out at 0.1.
+  got = recommend.suggest_lr(lrs, [2.0, 1.5, 0.9, 0.5, 0.1, float("nan")], smoothing=0.0)
+  assert got == {"lr_at_min_loss": 1.0, "lr": 0.1, "lr_range": [1 / 30, 1 / 3]}
+  got = recommend.suggest_lr(lrs, [2.0, 1.5, 0.9, 0.5, 3.0, 0.05], smoothing=0.7)
+  assert got["lr_at_min_loss"] == 0.1          # The late dip follows a blow-up: smoothed away.
+  with pytest.raises(ValueError, match="not finite from its first step"):
+    recommend.suggest_lr(lrs, [float("nan")] * 6)
+
+
+def _write_cell(root, stage, cell, **diagnostics):
+  folder = root / stage / cell
+  folder.mkdir(parents=True)
+  (folder / report.DIAGNOSTICS).write_text(json.dumps({"probe_examples": 8, **diagnostics}))
+
+
+def test_report_means_diagnostics_per_strategy_over_the_cells_that_have_each_stage(tmp_path):
+  rows = []
+  for strategy, seed, drift in (("a", 0, {"stem": 0.0, "stage1": 0.2}), ("a", 1, {"stem": 0.0}),
+                                ("b", 0, {"stem": 0.4, "stage1": 0.6}),
+                                ("b", 1, {"stem": 0.2, "stage1": 0.4})):
+    cell = f"strategy={strategy},seed={seed}"
+    _write_cell(tmp_path, "t", cell, drift=drift, bn_drift={}, cka={"stem": 1 - drift["stem"]})
+    rows.append({"stage": "t", "cell": cell, "strategy": strategy, "seed": seed,
+                 "val_accuracy": 0.5})
+  lines = report.diagnostics_section(str(tmp_path), rows, {"compare": "strategy", "by": []})
+  table = [line for line in lines if line.startswith("| a |") or line.startswith("| b |")]
+  # a's stage1 is the one cell that has it; BatchNorm drift is empty (a model without BatchNorm).
+  assert table == ["| a | 0.000 | 0.200 | 1.00 |", "| b | 0.300 | 0.500 | 0.70 |"]
+  assert (tmp_path / "diagnostics.png").exists()

@@ -1,5 +1,6 @@
 """The trainer: pure steps, resume after a crash or SIGTERM, NaN stop, source -> target."""
 
+import json
 import os
 import signal
 
@@ -10,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jtl import checkpoint, models, train, writers
+from jtl import checkpoint, models, train, workdir, writers
 from jtl.config import base_config
 
 
@@ -241,7 +242,6 @@ def test_a_workdir_is_locked_by_a_live_run_and_a_stale_lock_is_taken_over(tmp_pa
   import socket
   import subprocess
   import sys
-  from jtl import workdir
   lock = tmp_path / workdir.LOCK
   live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
@@ -255,6 +255,18 @@ def test_a_workdir_is_locked_by_a_live_run_and_a_stale_lock_is_taken_over(tmp_pa
   assert json.loads(lock.read_text())["pid"] == os.getpid()
   release()
   assert not lock.exists()
+
+
+def test_a_field_the_stored_run_predates_counts_as_its_default(tmp_path):
+  """A run made before a config field existed resumes under that field's default, and under
+  nothing else."""
+  config = tiny_config()
+  stored = json.loads(config.to_json_best_effort())
+  del stored["adapt"]                     # As a run from before domain adaptation wrote it.
+  (tmp_path / workdir.CONFIG_JSON).write_text(json.dumps(stored))
+  assert workdir.config_changes(str(tmp_path), config) == []
+  config.adapt.method = "coral"
+  assert workdir.config_changes(str(tmp_path), config) == ["adapt.method: 'none' -> 'coral'"]
 
 
 def test_resuming_under_other_settings_is_refused_unless_allowed(tmp_path):

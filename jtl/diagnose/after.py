@@ -45,43 +45,54 @@ def _config(workdir: str):
   return ml_collections.ConfigDict(merge(config_lib.base_config().to_dict(), saved))
 
 
-def _source_domain(config) -> tuple[str, object] | None:
-  """(name, test split) of the other domain: the adaptation target, or the data the source
-  was trained on when config.init is a jtl run that says so; None when neither is known."""
-  try:
-    if config.adapt.target:
-      spec = {"name": config.adapt.target, "data_dir": config.data.data_dir,
-              "classes": config.data.classes}
-    else:
-      src = _config(config.init) if os.path.exists(os.path.join(config.init, "config.json")) else None
-      if src is None:
-        return None
-      spec = {"name": src.data.name, "data_dir": src.data.get("data_dir"),
-              "classes": src.data.get("classes")}
-    return _named(spec["name"], spec["classes"]), data.make_splits({**spec, "val_per_class": 0}, seed=0)["test"]
-  except (OSError, ValueError, KeyError):
-    return None    # A source trained on data that is not here: the target domain alone.
-
-
 def _named(name: str, classes) -> str:
   return f"{name} {list(classes)}" if classes else name
+
+
+def domains(config) -> list[tuple[str, object]]:
+  """(label, test split) of the domains to picture, the one the run is evaluated on first.
+
+  A transfer run: its data (the target), then the data the source was trained on when
+  config.init is a jtl run whose data is here. A domain-adaptation run: adapt.target (the
+  target, evaluated), then its labeled data (the source domain)."""
+  def test_split(name, data_dir, classes):
+    return data.make_splits({"name": name, "data_dir": data_dir, "classes": classes,
+                             "val_per_class": 0}, seed=0)["test"]
+  here = test_split(config.data.name, config.data.data_dir, config.data.classes)
+  labeled = _named(config.data.name, config.data.classes)
+  if config.adapt.target:
+    return [(f"target: {_named(config.adapt.target, config.data.classes)}",
+             test_split(config.adapt.target, config.data.data_dir, config.data.classes)),
+            (f"source (labeled): {labeled}", here)]
+  out = [(f"target: {labeled}", here)]
+  if config.init and os.path.exists(os.path.join(config.init, "config.json")):
+    try:
+      src = _config(config.init).data
+      out.append((f"source: {_named(src.name, src.classes)}",
+                  test_split(src.name, src.data_dir, src.classes)))
+    except (OSError, ValueError, KeyError):
+      pass     # The source's data is not on this machine: the target domain alone.
+  return out
 
 
 def diagnose_run(workdir: str, *, probe: int = PROBE, picture: bool = True, tsne: bool = True
                  ) -> dict:
   """Drift and CKA per stage (and features.png) for the run in `workdir`; writes and returns
-  DIAGNOSTICS' content. A run without a source (scratch) gets the picture alone."""
+  DIAGNOSTICS' content. A run without a source (scratch) gets the picture alone. CKA uses the
+  first `probe` test images of the domain the run is evaluated on."""
   t0 = time.time()
   config = _config(workdir)
   trained = features.load_model(workdir, config)
-  source = features.load_model(config.init, config) if config.init else None
-  target = data.make_splits(config.data, seed=config.seed)["test"]
+  has_source = bool(config.init) and config.strategy.name != "scratch"
+  source = features.load_model(config.init, config) if has_source else None
+  shown = domains(config)
+  target = shown[0][1]
   result = {"probe_examples": min(probe, len(target)), "source": config.init or None}
-  if source is not None and config.strategy.name != "scratch":
+  if source is not None:
     skip = (*config.dont_load, f"{adapt.HEAD}/.*")
     result["drift"] = similarity.weight_drift(trained.variables["params"],
                                               source.variables["params"], skip)
-    # BatchNorm's running statistics move without any gradient (lp_ft's probe phase).
+    # BatchNorm's running statistics move with no gradient, whatever the lr.
     result["bn_drift"] = similarity.weight_drift(trained.variables["batch_stats"],
                                                  source.variables["batch_stats"], skip)
     before = features.extract(source, target, config, pool=False, limit=probe)
@@ -90,7 +101,7 @@ def diagnose_run(workdir: str, *, probe: int = PROBE, picture: bool = True, tsne
                      for layer in models.LAYERS}
   if picture:
     result["picture"] = PICTURE
-    _picture(os.path.join(workdir, PICTURE), config, trained, source, target, probe, tsne)
+    _picture(os.path.join(workdir, PICTURE), config, trained, source, shown, probe, tsne)
   result["seconds"] = time.time() - t0
   with open(os.path.join(workdir, DIAGNOSTICS), "w") as f:
     json.dump(result, f, indent=2)
@@ -109,14 +120,10 @@ def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
               ).fit_transform(x)
 
 
-def _picture(path, config, trained, source, target, probe, tsne) -> None:
+def _picture(path, config, trained, source, shown, probe, tsne) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  domains = [(f"target: {_named(config.data.name, config.data.classes)}", target)]
-  other = _source_domain(config) if source is not None else None
-  if other is not None:
-    domains.append((f"source: {other[0]}", other[1]))
   models_ = [("before (source)", source), ("after (trained)", trained)]
   models_ = [(name, m) for name, m in models_ if m is not None]
   projections = [("PCA", _pca)] + ([("t-SNE", lambda x: _tsne(x, config.seed))] if tsne else [])
@@ -124,7 +131,7 @@ def _picture(path, config, trained, source, target, probe, tsne) -> None:
                            figsize=(4 * 2 * len(projections), 3.6 * len(models_)))
   for row, (when, model) in enumerate(models_):
     feats, classes, doms = [], [], []
-    for d, (name, split) in enumerate(domains):
+    for d, (name, split) in enumerate(shown):
       out = features.extract(model, split, config, layers=("pre_logits",), limit=probe)
       feats.append(out["pre_logits"])
       names = getattr(split, "class_names", None) or []
@@ -136,7 +143,7 @@ def _picture(path, config, trained, source, target, probe, tsne) -> None:
     for col, (pname, project) in enumerate(projections):
       xy = project(x)
       for k, (colors, legend, title) in enumerate((
-          (class_ids, labels, "by class"), (np.array(doms), [n for n, _ in domains], "by domain"))):
+          (class_ids, labels, "by class"), (np.array(doms), [n for n, _ in shown], "by domain"))):
         ax = axes[row, 2 * col + k]
         cmap = plt.get_cmap("tab20" if len(legend) > 10 else "tab10")
         for i, lab in enumerate(legend):

@@ -28,31 +28,34 @@ HEAD = "head"    # The source's own predictions: LEEP and NCE read them.
 LAYERS = (*models.LAYERS, HEAD)
 
 
-def _cached(model: features.Model, config, train_src, layer: str) -> np.ndarray | None:
-  """`layer`'s pooled activations on `train_src` from the prefix cache, if a run left them."""
-  if layer == HEAD:
-    return None
+def _cached(model: features.Model, config, train_src, layer: str):
+  """(`layer`'s pooled activations on `train_src`, their labels) from the prefix cache, if a
+  training run left them there; else None."""
   name = prefix_cache.key(config, model.arch, layer, model.variables, train_src, model.mean,
                           model.std)
-  path = os.path.join(prefix_cache.cache_dir(), name, "activations.npy")
-  return transferability.pool(np.load(path, mmap_mode="r")) if os.path.exists(path) else None
+  folder = os.path.join(prefix_cache.cache_dir(), name)
+  if not os.path.exists(os.path.join(folder, "labels.npy")):
+    return None
+  return (transferability.pool(np.load(os.path.join(folder, "activations.npy"), mmap_mode="r")),
+          np.load(os.path.join(folder, "labels.npy")))
 
 
 def source_features(model: features.Model, config, splits: dict, layers: Sequence[str]):
   """({layer: train features}, train labels, {layer: val features} or None, val labels,
-  which layers came from the prefix cache)."""
+  which layers came from the prefix cache). The cache holds a layer when a run with the same
+  source, data and preprocessing trained on cached activations (data.augment off)."""
   train_src, val_src = splits["train"], splits.get("val")
   want = [layer for layer in layers if layer != HEAD]
-  cached = {layer: a for layer in want if (a := _cached(model, config, train_src, layer)) is not None}
+  cached = {layer: c for layer in want if (c := _cached(model, config, train_src, layer))}
   missing = tuple(layer for layer in want if layer not in cached)
-  train = {}
+  train, labels = {}, None
   if missing or HEAD in layers:
     train = features.extract(model, train_src, config, layers=missing or ("pre_logits",))
-  labels = train.get("labels")
-  if labels is None:
-    labels = np.asarray([train_src[i]["label"] for i in range(len(train_src))])
-  train = {**{k: v for k, v in train.items() if k in missing}, **cached,
-           **({HEAD: train["logits"]} if HEAD in layers else {})}
+    labels = train["labels"]
+  for layer, (activations, cached_labels) in cached.items():
+    labels = cached_labels if labels is None else labels   # The same order: the split's.
+    train[layer] = activations
+  train = {**{k: train[k] for k in want}, **({HEAD: train["logits"]} if HEAD in layers else {})}
   val = val_labels = None
   if val_src is not None and len(val_src):
     v = features.extract(model, val_src, config, layers=tuple(want) or ("pre_logits",))
@@ -72,8 +75,7 @@ def estimate(config, sources: Sequence[str], layers: Sequence[str] = LAYERS, log
   for source in sources:
     t0 = time.time()
     model = features.load_model(source, config, seed=config.seed)
-    random = model.name == "random"
-    want = [layer for layer in layers if not (random and layer == HEAD)]  # No source labels.
+    want = [layer for layer in layers if model.has_head or layer != HEAD]   # Source labels.
     train, labels, val, val_labels, cached = source_features(model, config, splits, want)
     seconds = time.time() - t0
     log(f"{model.name}: features of {len(labels)} train images at {len(want)} layers in "

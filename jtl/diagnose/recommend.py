@@ -27,7 +27,9 @@ held-out cross_domain settings in experiments/diagnose.py):
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
 import os
@@ -56,6 +58,12 @@ def strategy_for(cut: str | None) -> str:
   if cut == "pre_logits":
     return "linear_probe"
   return f"partial:{models.STAGES.index(cut)}"
+
+
+def cut_of(strategy: str) -> str | None:
+  """The layer `strategy` freezes through (None: it trains from the stem)."""
+  first = _trained_from(strategy)
+  return CUTS[first - 1] if first else None
 
 
 def _trained_from(strategy: str) -> int:
@@ -134,7 +142,7 @@ def choose(signals: dict, among: Sequence[str] = ()) -> tuple[str, str | None, l
   if strategy != strategy_for(cut):
     why.append(f"{strategy_for(cut)} is not among the candidates; {strategy} is the closest that "
                "trains at least as much")
-  return strategy, cut, why
+  return strategy, cut_of(strategy), why
 
 
 def lr_range_test(config, strategy: str, *, steps: int = RANGE_STEPS, top: float = RANGE_TOP
@@ -151,11 +159,11 @@ def lr_range_test(config, strategy: str, *, steps: int = RANGE_STEPS, top: float
   cfg.total_steps, cfg.log_every, cfg.eval_every = steps, 1, 0
   cfg.checkpoint_every, cfg.progress = steps, False
   cfg.optim.schedule, cfg.optim.warmup_steps, cfg.optim.lr = "lr_range", 0, top
-  cfg.data.val_per_class = config.data.val_per_class
   workdir = tempfile.mkdtemp(prefix="jtl-lr-range-")
   try:
     try:
-      train.train_and_evaluate(cfg, workdir)
+      with contextlib.redirect_stdout(io.StringIO()):   # Its per-step log: the curve below.
+        train.train_and_evaluate(cfg, workdir)
     except FloatingPointError:
       pass    # The loss diverged at a high lr: the curve so far is what the test needs.
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -164,16 +172,24 @@ def lr_range_test(config, strategy: str, *, steps: int = RANGE_STEPS, top: float
     shutil.rmtree(workdir, ignore_errors=True)
   curve = [(max(v for k, v in r.items() if k.startswith("train/lr/")), r["train/loss"])
            for r in rows if "train/loss" in r]
-  lrs = np.array([lr for lr, _ in curve])
-  losses = np.array([loss for _, loss in curve])
-  smooth = np.empty_like(losses)
-  for i, loss in enumerate(losses):   # An exponential moving average, as fastai's finder.
-    smooth[i] = loss if i == 0 else 0.7 * smooth[i - 1] + 0.3 * loss
-  ok = np.isfinite(smooth)
-  at = int(np.argmin(np.where(ok, smooth, np.inf)))
-  best = float(lrs[at])
-  return {"curve": [[float(a), float(b)] for a, b in zip(lrs, losses)], "lr_at_min_loss": best,
-          "lr": best / 10, "lr_range": [best / 30, best / 3]}
+  return {"curve": [[float(a), float(b)] for a, b in curve],
+          **suggest_lr([a for a, _ in curve], [b for _, b in curve])}
+
+
+def suggest_lr(lrs: Sequence[float], losses: Sequence[float], smoothing: float = 0.7) -> dict:
+  """The lr at the lowest smoothed loss of a range test (an exponential moving average, as
+  fastai's finder), and the lr and range suggested from it: ÷10, and [÷30, ÷3]."""
+  smooth, ema = [], None
+  for loss in losses:
+    if not np.isfinite(loss):
+      break                      # Diverged: the curve ends here.
+    ema = loss if ema is None else smoothing * ema + (1 - smoothing) * loss
+    smooth.append(ema)
+  if not smooth:
+    raise ValueError("the lr range test's loss was not finite from its first step (lr "
+                     f"{lrs[0] if len(lrs) else '?'}); check the data and config.optim.")
+  best = float(lrs[int(np.argmin(smooth))])
+  return {"lr_at_min_loss": best, "lr": best / 10, "lr_range": [best / 30, best / 3]}
 
 
 def recommend(config, among: Sequence[str] = (), lr_test: bool = True) -> dict:
