@@ -142,9 +142,9 @@ def test_recommendation_rule(src, rnd, per_class, among, want):
 
 def test_lr_range_test_runs_the_trainer_with_a_rising_lr(runs):
   source, _, config = runs
-  result = recommend.lr_range_test(config, "partial:2", steps=6, top=1.0)
+  result = recommend.lr_range_test(config, "partial:2", steps=4, top=1.0)
   lrs = [lr for lr, _ in result["curve"]]
-  assert len(lrs) == 6 and all(a < b for a, b in zip(lrs, lrs[1:]))
+  assert len(lrs) == 4 and all(a < b for a, b in zip(lrs, lrs[1:]))
   assert lrs[0] == pytest.approx(1.0 * 1e-4) and lrs[-1] == pytest.approx(1.0)
 
 
