@@ -87,21 +87,34 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def stored_config(workdir: str) -> dict | None:
+  """The config a run in `workdir` wrote (config.json) over today's defaults: a field the
+  run predates counts as its default (a new field's default keeps the earlier behaviour).
+  None when the workdir holds no run yet."""
+  path = os.path.join(workdir, CONFIG_JSON)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+
+  def merge(base: dict, over: dict) -> dict:
+    return {**base, **{k: merge(base[k], v) if isinstance(base.get(k), dict) and
+                       isinstance(v, dict) else v for k, v in over.items()}}
+  return merge(json.loads(base_config().to_json_best_effort()), saved)
+
+
 def config_changes(workdir: str, config) -> list[str]:
   """"field: stored -> new" for every setting that differs from the run in `workdir`.
 
   Empty when the workdir holds no run yet. Fields in HARMLESS and in
-  `config.allow_changed` may differ. A field the stored run predates counts as its
-  default (a new field's default keeps the earlier behaviour).
+  `config.allow_changed` may differ; a field the stored run predates counts as its default
+  (stored_config).
   """
-  path = os.path.join(workdir, CONFIG_JSON)
-  if not os.path.exists(path):
+  stored = stored_config(workdir)
+  if stored is None:
     return []
-  with open(path) as f:
-    stored = _flat(json.load(f))
+  stored = _flat(stored)
   new = _flat(json.loads(config.to_json_best_effort()))
-  defaults = _flat(json.loads(base_config().to_json_best_effort()))
-  stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
   allowed = set(HARMLESS) | set(config.get("allow_changed") or ())
   return [f"{k}: {stored.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
           for k in sorted(set(stored) | set(new))

@@ -26,8 +26,8 @@ import time
 import ml_collections
 import numpy as np
 
-from jtl import adapt, checkpoint, data, models, report
-from jtl import config as config_lib
+from jtl import adapt, data, models, report
+from jtl import workdir as workdir_lib
 from jtl.diagnose import features, similarity
 
 DIAGNOSTICS = report.DIAGNOSTICS   # diagnostics.json
@@ -36,13 +36,12 @@ PROBE = 256            # Images per domain in the fixed probe batch.
 
 
 def _config(workdir: str):
-  """The run's config.json over today's defaults (a run older than a field lacks it)."""
-  def merge(base: dict, saved: dict) -> dict:
-    return {**base, **{k: merge(base[k], v) if isinstance(base.get(k), dict) and
-                       isinstance(v, dict) else v for k, v in saved.items()}}
-  saved = checkpoint.read_json(os.path.join(workdir, "config.json"),
-                               "the config.json a jtl run writes")
-  return ml_collections.ConfigDict(merge(config_lib.base_config().to_dict(), saved))
+  """The run's config (workdir.stored_config: a run older than a field gets its default)."""
+  stored = workdir_lib.stored_config(workdir)
+  if stored is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, workdir_lib.CONFIG_JSON)} does not exist; "
+                            "expected the workdir of a finished jtl run.")
+  return ml_collections.ConfigDict(stored)
 
 
 def _named(name: str, classes) -> str:
