@@ -14,9 +14,13 @@ Arguments (config string after ":"), e.g. `configs/source.py:model=resnet50,data
 from jtl.config import base_config, parse_arg, parse_classes
 
 
+# The arguments this config takes, with their defaults (`CONFIG --help` lists them).
+ARGS = dict(model="resnet18", dataset="fashion_mnist", classes="0-4",
+            small_stem=True, width=0.25, size=28, steps=500, batch=128)
+
+
 def get_config(arg=None):
-  a = parse_arg(arg, model="resnet18", dataset="fashion_mnist", classes="0-4",
-                small_stem=True, width=0.25, size=28, steps=500, batch=128)
+  a = parse_arg(arg, **ARGS)
   c = base_config()
   c.model.name, c.model.small_stem, c.model.width = a["model"], a["small_stem"], a["width"]
   c.data.name = a["dataset"]

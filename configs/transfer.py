@@ -23,10 +23,14 @@ Arguments, e.g. `configs/transfer.py:init=runs/src,shots=5,strategy=full_finetun
 from jtl.config import base_config, parse_arg, parse_classes
 
 
+# The arguments this config takes, with their defaults (`CONFIG --help` lists them).
+ARGS = dict(init="runs/seed_transfer/source/run", model="resnet18", dataset="fashion_mnist",
+            classes="5-9", shots=10, strategy="full_finetune", small_stem=True,
+            width=0.25, size=28, steps=200, batch=50, lr=0.01)
+
+
 def get_config(arg=None):
-  a = parse_arg(arg, init="runs/seed_transfer/source/run", model="resnet18", dataset="fashion_mnist",
-                classes="5-9", shots=10, strategy="full_finetune", small_stem=True,
-                width=0.25, size=28, steps=200, batch=50, lr=0.01)
+  a = parse_arg(arg, **ARGS)
   c = base_config()
   c.model.name, c.model.small_stem, c.model.width = a["model"], a["small_stem"], a["width"]
   c.data.name = a["dataset"]

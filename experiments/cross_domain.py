@@ -12,7 +12,7 @@ has a binomial sd of about 2 points; pairing by seed cancels part of it).
 
 import sys
 
-from jtl import sweep
+from jtl import cli, sweep
 
 from strategy_ablation import SEEDS, STRATEGIES  # The same strategies, lrs and seeds.
 
@@ -38,4 +38,4 @@ STUDY = sweep.Study(
 )
 
 if __name__ == "__main__":
-  sys.exit(sweep.main(sys.argv[1:], study=STUDY))
+  sys.exit(cli.run_study(STUDY))

@@ -40,7 +40,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from jtl import report, sweep, train
+from jtl import report, results, sweep, train
 from jtl.diagnose import estimate, recommend, transferability
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,7 +56,7 @@ STUDIES = {"strategy_ablation": (strategy_ablation.STUDY, "designed on"),
 
 def _rows(name: str) -> list[dict]:
   root = os.path.join("runs", name)
-  rows = sweep.read_results(root)
+  rows = results.read_results(root)
   if not rows:
     raise SystemExit(f"experiments/diagnose.py: {root}/results.jsonl is missing; run "
                      f"./launch.sh experiments/{name}.py first.")

@@ -28,7 +28,7 @@ by both domains. experiments/cross_domain.py studies that pair with labeled digi
 
 import sys
 
-from jtl import sweep
+from jtl import cli, sweep
 
 SEEDS = 3
 STEPS, BATCH = 100, 32
@@ -118,8 +118,8 @@ def beyond_batchnorm(root: str) -> str:
   """RESULTS.md's last section: each method against the `mixed_bn` control, paired by seed
   (what the loss term adds to what BatchNorm's shared statistics give)."""
   import dataclasses
-  from jtl import report
-  rows = [r for r in sweep.read_results(root) if r["stage"] == "adapt"]
+  from jtl import report, results
+  rows = [r for r in results.read_results(root) if r["stage"] == "adapt"]
   spec = dataclasses.asdict(STUDY.report) | {"baseline": "mixed_bn", "columns": ()}
   _, diffs = report.tables(rows, spec)
   lines = ["## Beyond BatchNorm: each method against the `mixed_bn` control", "",
@@ -127,7 +127,7 @@ def beyond_batchnorm(root: str) -> str:
            "no loss term, so this is what the loss term itself adds.", "",
            "| shift | difference | seeds | mean [95% CI], points | verdict |", "|---|---|---|---|---|"]
   lines += [f"| {d['split']['shift']} | {d['a']} − {d['b']} | {len(d['seeds'])} | "
-            f"{report._signed_ci(d['mean'], d['lo'], d['hi'])} | {d['verdict']} |"
+            f"{report.signed_ci(d['mean'], d['lo'], d['hi'])} | {d['verdict']} |"
             for d in diffs if d["a"] != "source_only"]
   lines += ["", "![one test image under each corruption](shifts.png)", ""]
   with open(f"{root}/{report.RESULTS_MD}", "a") as f:
@@ -136,10 +136,9 @@ def beyond_batchnorm(root: str) -> str:
 
 
 if __name__ == "__main__":
-  code = sweep.main(sys.argv[1:], study=STUDY)
-  if not code and "--print_commands" not in sys.argv and "--no_report" not in sys.argv:
-    root = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")),
-                f"runs/{STUDY.name}")
-    plot_shifts(f"{root}/shifts.png")
-    beyond_batchnorm(root)
+  args = cli.sweep_args(sys.argv[1:], study=STUDY)   # jtl sweep's flags, --workdir DIR or =DIR.
+  code = cli.run_sweep(args, study=STUDY)
+  if not code and not args.print_commands and not args.no_report:
+    plot_shifts(f"{args.workdir}/shifts.png")
+    beyond_batchnorm(args.workdir)
   sys.exit(code)

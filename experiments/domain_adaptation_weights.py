@@ -17,7 +17,7 @@ find more.
 
 import sys
 
-from jtl import sweep
+from jtl import cli, sweep
 
 from domain_adaptation import BASE, FIXED, cells
 
@@ -37,4 +37,4 @@ STUDY = sweep.Study(
 )
 
 if __name__ == "__main__":
-  sys.exit(sweep.main(sys.argv[1:], study=STUDY))
+  sys.exit(cli.run_study(STUDY))

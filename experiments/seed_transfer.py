@@ -27,7 +27,7 @@ experiments/seed_transfer_lr.py, its table in experiments/seed_transfer_lr/RESUL
 
 import sys
 
-from jtl import sweep
+from jtl import cli, sweep
 
 SEEDS = 10
 SOURCE = "{root}/source/run"
@@ -61,4 +61,4 @@ STUDY = sweep.Study(
 )
 
 if __name__ == "__main__":
-  sys.exit(sweep.main(sys.argv[1:], study=STUDY))
+  sys.exit(cli.run_study(STUDY))

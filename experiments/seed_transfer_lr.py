@@ -15,7 +15,7 @@ earlier run of configs/source.py's defaults on the same machine.
 
 import sys
 
-from jtl import sweep
+from jtl import cli, sweep
 STUDY = sweep.Study(
     name="seed_transfer_lr",
     stages=(
@@ -31,4 +31,4 @@ STUDY = sweep.Study(
     report=sweep.Report(stage="target", compare="strategy", select="lr", baseline="scratch"))
 
 if __name__ == "__main__":
-  sys.exit(sweep.main(sys.argv[1:], study=STUDY))
+  sys.exit(cli.run_study(STUDY))

@@ -17,7 +17,7 @@ model "auto", size 224, more SEEDS, and shots up to the full dataset.
 
 import sys
 
-from jtl import sweep
+from jtl import cli, sweep
 
 SEEDS = 3
 SOURCE = "{root}/source/run"
@@ -53,4 +53,4 @@ STUDY = sweep.Study(
 )
 
 if __name__ == "__main__":
-  sys.exit(sweep.main(sys.argv[1:], study=STUDY))
+  sys.exit(cli.run_study(STUDY))

@@ -19,7 +19,7 @@ the intervals.
 
 import sys
 
-from jtl import sweep
+from jtl import cli, sweep
 
 SEEDS = 3
 CUTS = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -56,4 +56,4 @@ STUDY = sweep.Study(
 )
 
 if __name__ == "__main__":
-  sys.exit(sweep.main(sys.argv[1:], study=STUDY))
+  sys.exit(cli.run_study(STUDY))

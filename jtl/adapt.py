@@ -16,12 +16,17 @@ holds the labeled images followed by as many unlabeled target images:
 The domain heads' parameters live at `params["domain_head"]`, so strategy rules and
 checkpoints cover them like any other parameter; presets train them.
 
->>> adapt_fn = make_adapt_fn(config.adapt, total_steps=1000)
->>> terms, metrics = adapt_fn(params, out, logits, num_labeled=64, step=state.step)
+The trainer asks an `Adaptation` (None without a target) for its target data, its
+loss term, its evaluations and its summary fields:
+
+>>> adaptation = Adaptation.from_config(config, num_classes=5)   # doctest: +SKIP
+>>> term = make_adapt_term(config.adapt, total_steps=1000)
+>>> losses, metrics = term(state, params, out, logits, batch, num_labeled=64)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -30,9 +35,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jtl import data
+from jtl.config import ADAPT_METHODS as METHODS   # One list, which config.check reads too.
 from jtl.strategy import DOMAIN_HEAD as HEAD   # Where a domain head's parameters live.
 
-METHODS = ("none", "dann", "cdan", "coral", "mmd")
 ADVERSARIAL = ("dann", "cdan")   # Methods with a domain head.
 FEATURES = "pre_logits"
 
@@ -154,34 +160,100 @@ def _whole(x):
 # ---------------------------------------------------------------------------
 # The term the trainer adds.
 # ---------------------------------------------------------------------------
-def make_adapt_fn(cfg, total_steps: int) -> Callable | None:
-  """Returns adapt_fn(params, out, logits, num_labeled, step) -> (terms, metrics), or None.
+def make_adapt_term(cfg, total_steps: int) -> Callable | None:
+  """Returns term(state, params, out, logits, batch, num_labeled) -> (losses, metrics), or None.
 
   `out[FEATURES]` and `logits` hold the labeled examples first, then the target's.
-  terms: {method: weighted loss}; metrics: what the step logs besides (λ, and the
-  domain classifier's loss and accuracy for DANN / CDAN).
+  losses: {"adapt/<method>": weighted loss}; metrics: what the step logs besides (λ, and
+  the domain classifier's loss and accuracy for DANN / CDAN). The signature is the one
+  every loss term shares (jtl/regularizers.py's penalties too).
   """
   if cfg.method == "none":
     return None
-  if cfg.method not in METHODS:
-    raise ValueError(f"unknown adapt.method {cfg.method!r}; expected one of {METHODS}.")
   weight, method = float(cfg.weight), cfg.method
 
-  def adapt_fn(params, out, logits, num_labeled: int, step):
+  def adapt_term(state, params, out, logits, batch, num_labeled: int):
     features = out[FEATURES].astype(jnp.float32)
     fs, ft = _whole(features[:num_labeled]), _whole(features[num_labeled:])
     if method == "coral":
-      return {method: weight * coral(fs, ft)}, {}
+      return {f"adapt/{method}": weight * coral(fs, ft)}, {}
     if method == "mmd":
-      return {method: weight * mmd(fs, ft, tuple(cfg.mmd_bandwidths))}, {}
-    lam = dann_lambda(step, total_steps, cfg.gamma)
+      return {f"adapt/{method}": weight * mmd(fs, ft, tuple(cfg.mmd_bandwidths))}, {}
+    lam = dann_lambda(state.step, total_steps, cfg.gamma)
     # CDAN conditions on predictions but, as in its paper, sends no gradient through them.
     x = head_input(method, features, jax.lax.stop_gradient(logits.astype(jnp.float32)))
     domain_logits = DomainHead(cfg.hidden).apply({"params": params[HEAD]},
                                                  grad_reverse(x, lam))
-    is_source = (jnp.arange(features.shape[0]) < num_labeled).astype(jnp.float32)
-    loss = optax.sigmoid_binary_cross_entropy(domain_logits, is_source).mean()
-    accuracy = jnp.mean((domain_logits > 0) == (is_source > 0))
-    return {method: weight * loss}, {"adapt/lambda": lam, "adapt/domain_loss": loss,
-                                     "adapt/domain_accuracy": accuracy}
-  return adapt_fn
+    is_labeled = (jnp.arange(features.shape[0]) < num_labeled).astype(jnp.float32)
+    loss = optax.sigmoid_binary_cross_entropy(domain_logits, is_labeled).mean()
+    accuracy = jnp.mean((domain_logits > 0) == (is_labeled > 0))
+    return {f"adapt/{method}": weight * loss}, {"adapt/lambda": lam, "adapt/domain_loss": loss,
+                                                "adapt/domain_accuracy": accuracy}
+  return adapt_term
+
+
+# ---------------------------------------------------------------------------
+# What the trainer asks of a run with a target domain.
+# ---------------------------------------------------------------------------
+def target_splits(config, num_classes: int) -> dict:
+  """The target's train (its images are the unlabeled pool), val (a labeled carve,
+  adapt.target_val_per_class per class, or None) and test splits, over the same classes
+  as config.data."""
+  splits = data.make_splits({
+      "name": config.adapt.target, "data_dir": config.data.data_dir,
+      "classes": config.data.classes, "val_per_class": config.adapt.target_val_per_class,
+      "skip_corrupt": config.data.skip_corrupt}, seed=config.seed)
+  if splits["test"].num_classes != num_classes:
+    raise ValueError(f"config field adapt.target={config.adapt.target!r} has "
+                     f"{splits['test'].num_classes} classes but data.name={config.data.name!r} has "
+                     f"{num_classes}; the target must share the labeled data's classes.")
+  return splits
+
+
+@dataclasses.dataclass
+class Adaptation:
+  """A run with a target domain (config.adapt.target): its data, evaluations and summary.
+
+  The labeled data (config.data) is what the run trains on; the target's train images
+  join each batch unlabeled (when a method is on), its val carve is evaluated as
+  "val_target", and its test split is the run's test split.
+  """
+  cfg: object          # config.adapt
+  splits: dict         # The target's train / val / test.
+  batch_size: int      # Unlabeled target images a step.
+
+  @classmethod
+  def from_config(cls, config, num_classes: int) -> "Adaptation | None":
+    if not config.adapt.target:
+      return None
+    return cls(config.adapt, target_splits(config, num_classes),
+               config.adapt.target_batch_size or config.data.batch_size)
+
+  def training_data(self, labeled: object, config, **shard) -> object:
+    """`labeled`'s batches, each with this step's unlabeled target images beside it."""
+    if self.cfg.method == "none":
+      return labeled
+    import jax
+    unlabeled = data.train_dataset(
+        data.Unlabeled(self.splits["train"]), batch_size=self.batch_size // jax.process_count(),
+        image_size=config.data.image_size, channels=config.data.channels,
+        augment=config.data.augment, seed=data.target_seed(config.seed), labels=False, **shard)
+    return data.paired_dataset(labeled, unlabeled)
+
+  def describe(self) -> str:
+    return (f"adapting to {self.cfg.target} with {self.cfg.method}: {len(self.splits['train'])} "
+            f"unlabeled images, {self.batch_size} a step")
+
+  def evaluations(self) -> dict:
+    """Named splits evaluated with validation: the target's labeled carve, if any."""
+    return {"val_target": self.splits["val"]} if self.splits["val"] is not None else {}
+
+  def summary(self, labeled_test: dict, target_val: dict | None) -> dict:
+    """The summary's domain-adaptation fields; `labeled_test`: accuracy on config.data's test
+    split (named source_test_accuracy: the source domain of the adaptation)."""
+    out = {"adapt_method": self.cfg.method, "target": self.cfg.target,
+           "source_test_accuracy": labeled_test["accuracy"],
+           "target_train_examples": len(self.splits["train"])}
+    if target_val is not None:
+      out["target_val_accuracy"] = target_val["accuracy"]
+    return out

@@ -1,4 +1,4 @@
-"""The `jtl` command.
+"""The `jtl` command: one argparse front, a subcommand per task (`jtl COMMAND --help`).
 
   jtl train CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR
   jtl strategy show CONFIG[:ARGS] [--config.FIELD=VALUE ...]
@@ -11,57 +11,247 @@
   jtl sweep STUDY.py [--workdir DIR] [--print_commands]   run a study's grid (experiments/)
   jtl report DIR           RESULTS.md and plots from a sweep's results.jsonl
   jtl list                 strategies, datasets, models and checkpoint formats
+
+The config commands (train, strategy show, diagnose, recommend) hand the config and the
+rest of the command line to jtl/main.py, where ml_collections' config_flags applies the
+--config.FIELD=VALUE overrides; `jtl train CONFIG --help` shows a config's arguments and
+fields. A study file run as a script (`python experiments/NAME.py`) takes `jtl sweep`'s
+flags through `sweep_args`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-USAGE = __doc__.split("\n", 2)[2]
+from jtl.config import first_line
+from jtl.main import fail
+
+USAGE = __doc__.split("\n", 2)[2].split("\n\n")[0]
 
 
-def main(argv: list[str] | None = None):
-  argv = sys.argv[1:] if argv is None else argv
+class Parser(argparse.ArgumentParser):
+  """argparse whose refusals are one `jtl: error:` sentence, exit code 2."""
+
+  def error(self, message):
+    fail(f"{message} (see {self.prog} --help).")
+
+
+# ---------------------------------------------------------------------------
+# The parser: one subcommand per task, each with its own arguments.
+# ---------------------------------------------------------------------------
+def parser() -> Parser:
+  p = Parser(prog="jtl", description=__doc__.splitlines()[0], epilog="forms:\n" + USAGE,
+             formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
+                 prog, max_help_position=14))
+  sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+  train = _config_command(sub, "train", "train one run of a config",
+                          "Train one run: CONFIG[:ARGS] [--config.FIELD=VALUE ...] --workdir DIR.")
+  train.add_argument("--workdir", metavar="DIR",
+                     help="where checkpoints, metrics and the summary go (required)")
+  train.add_argument("--dry_run", action="store_true",
+                     help="print what the strategy trains and exit")
+
+  strategy = sub.add_parser("strategy", help="what a strategy trains (strategy show CONFIG)",
+                            description="Inspect a config's transfer strategy.")
+  _config_command(strategy.add_subparsers(dest="action", metavar="ACTION", required=True), "show",
+                  "what each parameter does under the config's strategy: trained, frozen, lr",
+                  "Print which parameters the config's strategy trains, freezes, and at what lr "
+                  "(the dry run of jtl/dry_run.py).", mode="--dry_run")
+
+  diagnose = _config_command(sub, "diagnose", "transferability scores per source and stage",
+                             "Score how well each source's frozen features fit the target, "
+                             "stage by stage, before training (jtl/diagnose/estimate.py).",
+                             mode="--diagnose")
+  diagnose.add_argument("--sources", metavar="A,B", help="sources to score besides config.init")
+  diagnose.add_argument("--layers", metavar="L,..", help="layers to score (default: all)")
+  diagnose.add_argument("--out", metavar="F.json", help="also write the scores as JSON here")
+
+  recommend = _config_command(sub, "recommend", "a strategy, cut depth and lr range",
+                              "Recommend a strategy, cut depth and lr range from cheap signals "
+                              "(jtl/diagnose/recommend.py).", mode="--recommend")
+  recommend.add_argument("--out", metavar="F.json", help="also write the result as JSON here")
+
+  predict = sub.add_parser("predict", help="top-k classes of image files under a checkpoint",
+                           description="Top-k predictions of a checkpoint on image files, with "
+                           "the checkpoint's own preprocessing (jtl/predict.py).")
+  predict.add_argument("--checkpoint", required=True,
+                       help="a jtl workdir, or hf:DIR, torchvision:FILE, bit:FILE, orbax:DIR")
+  predict.add_argument("--top_k", type=int, default=5, help="classes shown per image (default 5)")
+  predict.add_argument("images", nargs="+", metavar="IMAGE")
+  predict.set_defaults(run=_predict)
+
+  convert = sub.add_parser("convert", help="a checkpoint of another format into a jtl workdir",
+                           description="Convert a checkpoint into a jtl workdir (orbax checkpoint "
+                           "plus model.json).")
+  convert.add_argument("src", metavar="SRC",
+                       help="HF folder or hub id, .pth, BiT .npz, or jtl workdir (hf:, "
+                       "torchvision:, bit:, orbax: prefixes)")
+  convert.add_argument("dst", metavar="DST", help="a new workdir")
+  convert.set_defaults(run=_convert)
+
+  sweep = sub.add_parser("sweep", help="run a study's grid of cells (experiments/)",
+                         description="Run a study's grid of cells, then write its RESULTS.md.")
+  sweep_arguments(sweep, study_file=True)
+  sweep.set_defaults(run=lambda args, _: run_sweep(args))
+
+  report = sub.add_parser("report", help="RESULTS.md and plots from a sweep's results.jsonl",
+                          description="Write RESULTS.md and plots from a sweep's results.jsonl.")
+  report.add_argument("dir", metavar="DIR", help="a sweep's workdir holding results.jsonl")
+  report.set_defaults(run=_report)
+
+  list_ = sub.add_parser("list", help="strategies, datasets, models and checkpoint formats",
+                         description="List everything a config can name.")
+  list_.set_defaults(run=lambda args, _: print(listing()))
+  for command in sub.choices.values():
+    command.set_defaults(parser=command)   # For its error messages; strategy show keeps its own.
+  return p
+
+
+def _config_command(sub, name: str, summary: str, description: str, mode: str | None = None):
+  """A subcommand that runs jtl/main.py on CONFIG; `mode` is the flag that selects it there.
+  Its own --help without CONFIG; with CONFIG, the config's help (jtl/main.py)."""
+  p = sub.add_parser(name, help=summary, description=description, add_help=False,
+                     epilog="Any --config.FIELD=VALUE overrides a config field; "
+                     "CONFIG --help lists the config's arguments and fields.")
+  p.add_argument("-h", "--help", action="store_true",
+                 help="this help; after CONFIG, the config's arguments and fields")
+  p.add_argument("config", nargs="?", metavar="CONFIG[:ARGS]",
+                 help="a config file and its argument string, e.g. configs/transfer.py:shots=5")
+  p.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
+  p.set_defaults(run=_run_config, parser=p, mode=mode, passes_through=True)
+  return p
+
+
+def sweep_arguments(p: argparse.ArgumentParser, study_file: bool = True) -> None:
+  """`jtl sweep`'s arguments; a study file run as a script takes them without STUDY.py."""
+  if study_file:
+    p.add_argument("study", metavar="STUDY.py",
+                   help="a study file, e.g. experiments/seed_transfer.py")
+  p.add_argument("--workdir", metavar="DIR", help="where cells, results.jsonl and RESULTS.md go "
+                 "(default runs/STUDY_NAME)")
+  p.add_argument("--print_commands", action="store_true",
+                 help="print one ./launch.sh line per unfinished cell and exit")
+  p.add_argument("--no_report", action="store_true", help="do not write RESULTS.md")
+  p.add_argument("--diagnose", action="store_true",
+                 help="per transfer cell: weight drift and CKA per stage and a feature "
+                 "picture, written to its workdir and shown by the report")
+
+
+def sweep_args(argv: list[str] | None = None, study=None) -> argparse.Namespace:
+  """`jtl sweep`'s flags parsed; with `study` (a study file run as a script, e.g.
+  `python experiments/seed_transfer.py --workdir DIR`) there is no STUDY.py and
+  --workdir defaults to runs/NAME.
+
+  >>> sweep_args(["--print_commands"], study=STUDY).workdir     # STUDY.name == "seed_transfer"
+  'runs/seed_transfer'
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if study is None:
+    p = Parser(prog="jtl sweep", description="Run a study's grid of cells.")
+  else:
+    p = Parser(description=f"Run study {study.name}'s grid of cells, then write its RESULTS.md"
+               + (f" (budget: {study.budget})." if study.budget else "."))
+  sweep_arguments(p, study_file=study is None)
+  if study is not None:
+    p.set_defaults(workdir=os.path.join("runs", study.name))
+  return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------
+# What each subcommand does.
+# ---------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  p = parser()
+  if not argv:
+    p.print_help(sys.stderr)
+    return 2
+  args, extra = p.parse_known_args(["--help"] if argv == ["help"] else argv)
+  if extra and not getattr(args, "passes_through", False):
+    args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  try:
+    return args.run(args, extra) or 0
+  except BrokenPipeError:   # `jtl sweep ... --print_commands | head`: the reader has enough.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
+
+
+def _run_config(args: argparse.Namespace, extra: list[str]) -> int:
+  """train / strategy show / diagnose / recommend: jtl/main.py with the config and the rest."""
+  if not args.config:
+    if args.help:
+      args.parser.print_help()
+      return 0
+    args.parser.error("CONFIG is required, e.g. configs/transfer.py:strategy=linear_probe")
+  argv = ["jtl", f"--config={args.config}"]
+  argv += [args.mode] if args.mode else []
+  argv += [f"--{k}={v}" for k in ("workdir", "sources", "layers", "out")
+           if (v := getattr(args, k, None)) is not None]
+  argv += [f"--{k}" for k in ("dry_run", "verbose", "help") if getattr(args, k, False)]
   from jtl import main as run
-  if argv[:1] == ["train"] and len(argv) > 1:
-    run.main(["jtl", f"--config={argv[1]}", *argv[2:]])
-    return
-  if argv[:2] == ["strategy", "show"] and len(argv) > 2:
-    run.main(["jtl", f"--config={argv[2]}", "--dry_run", *argv[3:]])
-    return
-  if argv[:1] in (["diagnose"], ["recommend"]) and len(argv) > 1:
-    run.main(["jtl", f"--config={argv[1]}", f"--{argv[0]}", *argv[2:]])
-    return
-  if argv[:1] == ["convert"] and len(argv) == 3:
-    from jtl import convert
-    try:
-      meta = convert.convert(argv[1], argv[2])
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-      run.fail(run.first_line(e))
-    print(f"wrote {argv[2]}: {meta['model']['name']}, {meta['model']['num_classes']} classes, "
-          f"{meta['data']['image_size']} px")
-    return
-  if argv[:1] == ["list"]:
-    print(listing())
-    return
-  if argv[:1] in (["--help"], ["-h"], ["help"]):
-    print(f"usage:\n{USAGE}")
-    return
-  if argv[:1] == ["sweep"]:
-    from jtl import sweep
-    sys.exit(sweep.main(argv[1:]))
-  if argv[:1] == ["report"]:
-    from jtl import report
-    sys.exit(report.main(argv[1:]))
-  if argv[:1] == ["predict"]:
-    from jtl import predict
-    try:
-      return predict.main(argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-      run.fail(run.first_line(e))
-  print(f"usage:\n{USAGE}", file=sys.stderr)
-  sys.exit(2)
+  run.main(argv + extra)
+  return 0
+
+
+def _predict(args: argparse.Namespace, _) -> int:
+  from jtl import predict   # JAX is imported only here.
+  try:
+    print(predict.describe(args.checkpoint, args.images, args.top_k))
+  except (ValueError, FileNotFoundError) as e:
+    fail(first_line(e))
+  return 0
+
+
+def _convert(args: argparse.Namespace, _) -> int:
+  from jtl import convert
+  try:
+    meta = convert.convert(args.src, args.dst)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    fail(first_line(e))
+  print(f"wrote {args.dst}: {meta['model']['name']}, {meta['model']['num_classes']} classes, "
+        f"{meta['data']['image_size']} px")
+  return 0
+
+
+def _report(args: argparse.Namespace, _) -> int:
+  from jtl import report
+  try:
+    print(report.write_report(args.dir))
+  except (ValueError, FileNotFoundError) as e:
+    fail(first_line(e))
+  return 0
+
+
+def run_study(study, argv: list[str] | None = None) -> int:
+  """A study file run as a script: `python experiments/NAME.py [--workdir DIR] ...`.
+
+  >>> sys.exit(run_study(STUDY))   # at the end of experiments/seed_transfer.py  # doctest: +SKIP
+  """
+  return run_sweep(sweep_args(argv, study), study)
+
+
+def run_sweep(args: argparse.Namespace, study=None) -> int:
+  """`jtl sweep`: run the study's unfinished cells, then write RESULTS.md; 2 on a bad study."""
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  from jtl import report, sweep
+  try:
+    study = study or sweep.load_study(args.study)
+    root = args.workdir or os.path.join("runs", study.name)
+    sweep.run(study, root, print_commands=args.print_commands, diagnose=args.diagnose)
+  except (ValueError, FileNotFoundError) as e:
+    if os.environ.get("JTL_TRACEBACK"):
+      raise
+    print(f"jtl: error: {first_line(e)}", file=sys.stderr)
+    return 2
+  if not args.print_commands and not args.no_report and study.report:
+    text = report.write_report(root)
+    print("\n" + text)
+    print(f"\nwrote {os.path.join(root, report.RESULTS_MD)} and its plots")
+  return 0
 
 
 def _tfds_prepared() -> list[str]:
@@ -100,4 +290,4 @@ def listing() -> str:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

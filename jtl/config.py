@@ -1,13 +1,18 @@
-"""Shared pieces of config files: the argument-string parser and the base config.
+"""Config files: the argument-string parser, the base config, and the one loader.
 
 Config files under configs/ are `get_config(arg)` functions; `arg` is a short
-string such as "model=resnet18,dataset=fashion_mnist".
+string such as "model=resnet18,dataset=fashion_mnist". A config file declares the
+arguments it takes, with their defaults, as a module-level `ARGS = dict(...)` and
+parses with `parse_arg(arg, **ARGS)`; `CONFIG --help` lists them from there.
 
 >>> parse_arg("model=resnet50,shots=10", model="resnet18", shots=0, dataset="digits")
 {'model': 'resnet50', 'shots': 10, 'dataset': 'digits'}
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import ml_collections
 
@@ -67,10 +72,9 @@ def check(c) -> None:
   if c.data.batch_size % c.optim.accum_steps:
     raise ValueError(f"config field data.batch_size={c.data.batch_size} must be divisible by "
                      f"optim.accum_steps={c.optim.accum_steps}.")
-  from jtl.adapt import METHODS
-  if c.adapt.method not in METHODS:
+  if c.adapt.method not in ADAPT_METHODS:
     raise ValueError(f"config field adapt.method={c.adapt.method!r}; expected one of "
-                     f"{', '.join(METHODS)}.")
+                     f"{', '.join(ADAPT_METHODS)}.")
   if c.adapt.method != "none" and not c.adapt.target:
     raise ValueError(f"config field adapt.method={c.adapt.method!r} needs unlabeled target "
                      "images: set adapt.target to a dataset (e.g. fashion_mnist+shift:invert:1).")
@@ -83,6 +87,9 @@ def check(c) -> None:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Domain adaptation's methods (jtl/adapt.py implements them; named here so that checking a
+# config needs no JAX).
+ADAPT_METHODS = ("none", "dann", "cdan", "coral", "mmd")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -165,6 +172,45 @@ def base_config() -> ml_collections.ConfigDict:
       gamma=10.0,            # dann / cdan: steepness of the reversal weight's rise.
       mmd_bandwidths=(0.25, 0.5, 1.0, 2.0, 4.0)))   # mmd: kernel widths x mean sq. distance.
   return c
+
+
+# ---------------------------------------------------------------------------
+# Loading a config file: the one place a `path[:arg]` becomes a ConfigDict (jtl.main,
+# `CONFIG --help`, sweeps and studies all come here).
+# ---------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def import_file(path: str, name: str):
+  """The Python file at `path`, executed as a module named `name` (not added to sys.modules)."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_module(path: str):
+  """A config file's module, the path found relative to the working directory or the repo.
+
+  >>> load_module("configs/transfer.py").ARGS["strategy"]
+  'full_finetune'
+  """
+  found = next((p for p in (path, os.path.join(ROOT, path)) if os.path.isfile(p)), None)
+  if found is None:
+    places = " and ".join(dict.fromkeys([os.getcwd(), ROOT]))
+    raise FileNotFoundError(f"config file {path} does not exist (looked in {places}); expected "
+                            "e.g. configs/transfer.py[:ARGS].")
+  return import_file(found, "jtl_config_" + os.path.splitext(os.path.basename(path))[0])
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`path[:arg]` -> the file's `get_config(arg)`; the arg string may hold colons itself.
+
+  >>> load_config("configs/transfer.py:shots=5,strategy=partial:2").strategy.name
+  'partial:2'
+  """
+  path, _, arg = spec.partition(":")
+  return load_module(path).get_config(arg or None)
 
 
 def first_line(e: BaseException) -> str:

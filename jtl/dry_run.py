@@ -14,10 +14,9 @@ import functools
 
 import flax.traverse_util as tu
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jtl import models, optim, prefix_cache, strategy
+from jtl import optim, prefix_cache, strategy
 
 
 def _num_classes(config) -> int:
@@ -44,15 +43,12 @@ def _covered(paths: list[str], all_paths: list[str]) -> str:
 
 def resolve(config):
   """Parameter shapes (no arrays) and the resolved strategy of `config`."""
-  from jtl import adapt, convert, train
+  from jtl import adapt, convert
+  from jtl.models import build
   # model="auto" reads the architecture off the init checkpoint, as the trainer does.
   meta = convert.load(config.init)[2] if config.model.name == "auto" and config.init else {}
-  arch = train.architecture(config, meta)
-  model = models.get_model(arch["name"], num_classes=_num_classes(config),
-                           small_stem=arch["small_stem"], width=arch["width"])
-  size = config.data.image_size
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                          jnp.zeros((1, size, size, config.data.channels)))["params"]
+  built = build.build(config, meta, _num_classes(config), abstract=True)
+  arch, shapes = built.arch, built.variables["params"]
   shapes = jax.eval_shape(functools.partial(adapt.add_head, config.adapt, shapes),
                           jax.random.key(1))   # A domain head (dann, cdan) trains like the rest.
   strat = strategy.resolve(config.strategy, shapes, config.total_steps)

@@ -1,6 +1,10 @@
-"""Command line: `python -m jtl.main --config configs/transfer.py:ARGS --workdir DIR`.
+"""Command line: `python -m jtl.main --config=configs/transfer.py:ARGS --workdir DIR`.
 
-`launch.sh CONFIG[:ARGS] [--config.field=value …] --workdir DIR` wraps this.
+`launch.sh CONFIG[:ARGS] [--config.field=value …] --workdir DIR` and `jtl train` /
+`strategy show` / `diagnose` / `recommend` (jtl/cli.py) come here. The config file is
+loaded by jtl/config.py; ml_collections' config_flags applies the --config.FIELD=VALUE
+overrides.
+
 Errors a user can fix (a bad config field, a missing file, a checkpoint that does
 not fit, a workdir that cannot be written) end in one sentence on stderr; --verbose
 (or JTL_TRACEBACK=1) shows the full trace. `--help` after a config prints the config's
@@ -14,13 +18,13 @@ import logging as py_logging
 import os
 import re
 import sys
+import textwrap
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jtl.config import first_line
+from jtl.config import first_line, load_module
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg string].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print what the strategy trains and exit.")
 _DIAGNOSE = flags.DEFINE_bool("diagnose", False, "Print transferability estimates per source and "
@@ -72,12 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
   # A failed save leaves orbax's other write tasks failing too; asyncio logs each at exit.
   py_logging.getLogger("asyncio").setLevel(py_logging.WARNING if verbose(argv)
                                           else py_logging.CRITICAL)
-  from jtl import distributed, train  # Imported late so that a bad command line fails fast.
+  import jax
+  from jtl import distributed, runtime, train  # Late: a bad command line fails fast.
   distributed.initialize()
-  train.enable_compilation_cache()
+  runtime.enable_compilation_cache()
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
-  except train.Preempted as e:
+  except runtime.Preempted as e:
     print(f"jtl: {e}", file=sys.stderr)
     sys.exit(e.code)
   except KeyboardInterrupt:   # A second Ctrl-C, or one before training started.
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
       raise
     fail(os_error(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
          else first_line(e))
-  if train.jax.process_index() == 0:
+  if jax.process_index() == 0:
     print(json.dumps(summary, indent=2))
   return summary
 
@@ -102,8 +107,8 @@ def diagnose(config, argv) -> dict:
   """--diagnose (`jtl diagnose`) and --recommend (`jtl recommend`): print, optionally write
   JSON, exit."""
   logging.set_verbosity(logging.WARNING if verbose(argv) else logging.FATAL)
-  from jtl import train
-  train.enable_compilation_cache()
+  from jtl import runtime
+  runtime.enable_compilation_cache()
   try:
     if _RECOMMEND.value:
       from jtl.diagnose import recommend
@@ -136,25 +141,17 @@ def os_error(e: OSError) -> str:
 
 def config_help(argv: list[str]) -> str:
   """The config's docstring, arguments with defaults and fields, for `CONFIG --help`."""
-  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  spec, _ = _config_spec(argv)
   if not spec:
     return __doc__
-  path = spec.split(":", 1)[0]
-  if not os.path.isfile(path):
-    fail(f"config file {path} does not exist; expected e.g. configs/transfer.py[:ARGS].")
-  from jtl.sweep import import_file
-  module = import_file(path, "jtl_help_config")
-  try:
-    config = module.get_config(spec.partition(":")[2] or None)
-  except ValueError as e:
-    fail(f"the config file refused its arguments: {first_line(e)}")
-  import inspect
-  src = inspect.getsource(module.get_config)
-  args = re.search(r"parse_arg\(arg,(.*?)\)\n", src, re.S)
+  module, config = load(spec, argv)
   lines = [(module.__doc__ or "").strip(), ""]
+  args = getattr(module, "ARGS", None)   # The config's own declaration (configs/*.py).
   if args:
+    text = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in args.items())
     lines += ["Arguments (CONFIG:k=v,k2=v2), with defaults:",
-              "  " + " ".join(args[1].split()), ""]
+              textwrap.fill(text, 90, initial_indent="  ", subsequent_indent="  "), ""]
   lines += ["Fields (--config.FIELD=VALUE), with values:"]
   lines += [f"  {k} = {v!r}" for k, v in sorted(config.to_dict().items()) if not isinstance(v, dict)]
   for k, v in sorted(config.to_dict().items()):
@@ -165,17 +162,19 @@ def config_help(argv: list[str]) -> str:
 
 
 def parse_config(argv: list[str]):
-  """Parses flags; any problem with the config becomes one sentence and exit code 2."""
-  for arg in argv[1:]:
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1].split(":", 1)[0]
-      if not os.path.isfile(path):
-        fail(f"config file {path} does not exist; expected e.g. configs/transfer.py[:ARGS].")
+  """Loads --config=PATH[:ARGS] and parses the other flags, --config.FIELD=VALUE overrides
+  included; any problem with the config becomes one sentence and exit code 2."""
+  spec, rest = _config_spec(argv)
+  if not spec:
+    fail("--config is required, e.g. --config=configs/transfer.py:strategy=linear_probe.")
+  _, config = load(spec, argv)
   try:
-    flags.FLAGS(argv)
-    config = _CONFIG.value
-    if config is None:
-      fail("--config is required, e.g. --config=configs/transfer.py:strategy=linear_probe.")
+    for name in [n for n in flags.FLAGS if n == "config" or n.startswith("config.")]:
+      delattr(flags.FLAGS, name)   # Left by an earlier main() in this process.
+    holder = config_flags.DEFINE_config_dict("config", config, f"The config of {spec}.",
+                                             sys_argv=rest)
+    flags.FLAGS(rest)
+    config = holder.value
     config.lock()  # A field set later that the config never declared fails too.
     return config
   except SystemExit:
@@ -186,16 +185,42 @@ def parse_config(argv: list[str]):
     fail(_config_error(e))
 
 
+def _config_spec(argv: list[str]) -> tuple[str | None, list[str]]:
+  """The value of --config=SPEC (or --config SPEC), and argv without it."""
+  spec, rest, args = None, [], iter(argv)
+  for arg in args:
+    if arg.startswith("--config="):
+      spec = arg.split("=", 1)[1]
+    elif arg == "--config":
+      spec = next(args, None)
+    else:
+      rest.append(arg)
+  return spec, rest
+
+
+def load(spec: str, argv=()):
+  """The config file's module and its `get_config(ARGS)` (jtl/config.py); a missing file
+  or refused arguments become one sentence and exit code 2."""
+  path, _, arg = spec.partition(":")
+  try:
+    module = load_module(path)
+    return module, module.get_config(arg or None)
+  except FileNotFoundError as e:
+    if verbose(argv):
+      raise
+    fail(first_line(e))
+  except Exception as e:   # The config file's own error, e.g. an unknown argument.
+    if verbose(argv):
+      raise
+    fail(f"the config file refused its arguments: {first_line(e)}")
+
+
 def _message(e: BaseException) -> str:
   return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # No KeyError quotes.
 
 
 def _config_error(e: BaseException) -> str:
   text = _message(e)
-  lines = [l.strip() for l in text.strip().strip("'\"").splitlines() if l.strip()]
-  if "Error whilst parsing config file" in text:
-    # The config file raised: its own error is the last line of the quoted trace.
-    return f"the config file refused its arguments: {lines[-1]}"
   if isinstance(e, (KeyError, AttributeError)):
     # ml_collections nests the KeyError's repr, so pick the names out of the text.
     guess = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
@@ -203,7 +228,8 @@ def _config_error(e: BaseException) -> str:
       return f"unknown config field {guess[2]!r} (did you mean {guess[1]!r}?)."
     field = re.search(r"[A-Za-z_][\w.]*", text)
     return f"unknown config field {field[0] if field else text!r}."
-  return lines[0] if lines else type(e).__name__
+  line = first_line(e)   # e.g. absl's "Unknown command line flag 'bogus'"
+  return line if line.endswith((".", "?")) else line + "."
 
 
 if __name__ == "__main__":

@@ -53,13 +53,7 @@ def cut(config, strat) -> tuple[str | None, str]:
   if config.reg.delta or config.reg.bss:
     return None, "reg.delta and reg.bss need every layer's features at each step"
   # The layers from the input on that no phase trains (weights or BatchNorm statistics).
-  fixed = len(models.STAGES)
-  for phase in strat.phases:
-    trained = set(strategy.bn_train_stages(phase.labels, config.strategy.bn)) | {
-        models.stage_of(p) for p, label in tu.flatten_dict(phase.labels, sep="/").items()
-        if label != strategy.FREEZE}
-    fixed = min(fixed, next((i for i, s in enumerate(models.STAGES) if s in trained),
-                            len(models.STAGES)))
+  fixed = strategy.frozen_prefix(strat, config.strategy.bn)
   if not fixed:
     return None, "the strategy trains the stem"
   # A backbone frozen whole is cached after its (parameter-free) pooling: one vector an image.

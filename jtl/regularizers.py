@@ -8,8 +8,8 @@
 | delta        | DELTA-style feature-map regularization (Li et al. 2019), unweighted: coef * mean squared distance between the target and source models' stage feature maps |
 | bss          | Batch Spectral Shrinkage (Chen et al. 2019): coef * sum of the `bss_k` smallest squared singular values of the batch's pooled features |
 
->>> penalty_fn = make_penalty_fn(config.reg, labels, source_paths, apply_fn)
->>> terms = penalty_fn(params, out, images, source)   # {"l2_sp": ..., "bss": ...}
+>>> term = make_penalty_term(config.reg, labels, loaded_paths, apply_fn, has_anchor=True)
+>>> losses, _ = term(state, params, out, logits, batch, num_labeled)   # {"penalty/l2_sp": ...}
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ NAMES = ("l1", "l2", "l2_sp", "delta", "bss")
 FEATURE_MAPS = ("stage1", "stage2", "stage3", "stage4")
 
 
-def make_penalty_fn(cfg, labels, loaded: frozenset[str], apply_fn: Callable,
-                    has_source: bool) -> Callable | None:
-  """Returns penalty_fn(params, out, images, source) -> {name: term}, or None if all are 0.
+def make_penalty_term(cfg, labels, loaded: frozenset[str], apply_fn: Callable,
+                      has_anchor: bool) -> Callable | None:
+  """Returns term(state, params, out, logits, batch, num_labeled) -> ({"penalty/<name>":
+  loss}, {}), or None if every coefficient is 0: the loss-term signature that domain
+  adaptation's term (jtl/adapt.py) shares.
 
-  `loaded` holds the paths that came from the source checkpoint (the rest are new).
+  `loaded` holds the paths that came from the source checkpoint (the rest are new);
+  L2-SP and DELTA pull toward `state.anchor`, the source weights the run started from.
   """
   flat_labels = tu.flatten_dict(labels, sep="/")
   trainable = {p for p, l in flat_labels.items() if l != FREEZE}
@@ -46,11 +49,13 @@ def make_penalty_fn(cfg, labels, loaded: frozenset[str], apply_fn: Callable,
   beta = float(cfg.get("l2_sp_beta", 0.0))
   if not any(coef.values()) and not beta:
     return None
-  if (coef["l2_sp"] or coef["delta"]) and not has_source:
+  if (coef["l2_sp"] or coef["delta"]) and not has_anchor:
     raise ValueError("config fields reg.l2_sp and reg.delta pull toward the source model, "
                      "but this run has none (config.init is empty or the strategy is scratch).")
 
-  def penalty_fn(params, out, images, source):
+  def penalty_term(state, params, out, logits, batch, num_labeled: int):
+    out = {k: v[:num_labeled] for k, v in out.items()}   # The labeled part of the batch.
+    images, anchor = batch["image"], state.anchor
     flat = tu.flatten_dict(params, sep="/")
     terms = {}
     if coef["l1"]:
@@ -60,15 +65,15 @@ def make_penalty_fn(cfg, labels, loaded: frozenset[str], apply_fn: Callable,
     if coef["l2_sp"] or beta:
       terms["l2_sp"] = beta / 2 * sum(jnp.square(flat[p]).sum() for p in new)
       if coef["l2_sp"]:
-        src = tu.flatten_dict(source["params"], sep="/")
+        src = tu.flatten_dict(anchor["params"], sep="/")
         terms["l2_sp"] += coef["l2_sp"] / 2 * sum(jnp.square(flat[p] - src[p]).sum() for p in pulled)
     if coef["delta"]:
-      _, src_out, _ = apply_fn(jax.lax.stop_gradient(source), images, train=False, rng=None)
+      _, src_out, _ = apply_fn(jax.lax.stop_gradient(anchor), images, train=False, rng=None)
       terms["delta"] = coef["delta"] * sum(
           jnp.mean(jnp.square(out[k].astype(jnp.float32) - src_out[k].astype(jnp.float32)))
           for k in FEATURE_MAPS)
     if coef["bss"]:
       sigma = jnp.linalg.svd(out["pre_logits"].astype(jnp.float32), compute_uv=False)
       terms["bss"] = coef["bss"] * jnp.sum(jnp.square(sigma[-int(cfg.get("bss_k", 1)):]))
-    return terms
-  return penalty_fn
+    return {f"penalty/{name}": v for name, v in terms.items()}, {}
+  return penalty_term

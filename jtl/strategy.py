@@ -234,6 +234,23 @@ def frozen_paths(labels) -> frozenset[str]:
   return frozenset(p for p, l in tu.flatten_dict(labels, sep="/").items() if l == FREEZE)
 
 
+def frozen_prefix(strat: Strategy, bn: str = "auto") -> int:
+  """How many stages from the input on (stem, stage1, ...) no phase of `strat` trains,
+  neither their weights nor their BatchNorm statistics: 0 when the stem trains, up to
+  len(STAGES) when only the head does. The prefix cache and `jtl recommend` both ask this.
+
+  >>> frozen_prefix(resolve(cfg_of("partial:2"), params, 100))   # doctest: +SKIP
+  3
+  """
+  fixed = len(STAGES)
+  for phase in strat.phases:
+    trained = set(bn_train_stages(phase.labels, bn)) | {
+        stage_of(p) for p, label in tu.flatten_dict(phase.labels, sep="/").items()
+        if label != FREEZE}
+    fixed = min(fixed, next((i for i, s in enumerate(STAGES) if s in trained), len(STAGES)))
+  return fixed
+
+
 def bn_train_stages(labels, bn: str = "auto") -> tuple[str, ...]:
   """Stages whose BatchNorm updates its statistics in training mode.
 

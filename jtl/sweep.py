@@ -30,14 +30,13 @@ config refuses, unknown strategies and bad rules fail naming the cell and field.
 
 A cell with a summary.json is finished and skipped; an interrupted one resumes
 from its checkpoint. Each finished cell appends one row to DIR/results.jsonl, and
-`jtl report DIR` turns that file into DIR/RESULTS.md and plots (jtl/report.py).
+`jtl report DIR` turns that file into DIR/RESULTS.md and plots (jtl/report/).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import itertools
 import json
 import os
@@ -48,12 +47,11 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from jtl.config import first_line
+from jtl.config import first_line, import_file, load_config  # Loaded in one place.
+from jtl.results import (DIAGNOSTICS, RESULTS, STUDY_JSON, SUMMARY, append_result, read_results,
+                         result_row)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = "results.jsonl"
-STUDY_JSON = "study.json"
-SUMMARY = "summary.json"
 
 
 # ---------------------------------------------------------------------------
@@ -210,23 +208,6 @@ def cells(study: Study, root: str) -> list[Cell]:
   return out
 
 
-def load_config(spec: str):
-  """`configs/transfer.py:arg` -> the ConfigDict, the path found relative to . or the repo."""
-  path, _, arg = spec.partition(":")
-  found = next((p for p in (path, os.path.join(ROOT, path)) if os.path.isfile(p)), None)
-  if found is None:
-    raise FileNotFoundError(f"config file {path} does not exist (looked in {os.getcwd()} and {ROOT}).")
-  module = import_file(found, "jtl_config_" + os.path.basename(path)[:-3])
-  return module.get_config(arg or None)
-
-
-def import_file(path: str, name: str):
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def cell_config(cell: Cell):
   """The cell's resolved config; a field the config does not have, or a wrong type, fails here."""
   config = load_config(cell.config)
@@ -287,30 +268,6 @@ def command(cell: Cell) -> str:
 # ---------------------------------------------------------------------------
 # Running.
 # ---------------------------------------------------------------------------
-def result_row(cell: Cell, summary: dict) -> dict:
-  keep = ("val_accuracy", "best_val_accuracy", "best_val_step", "test_accuracy", "test_loss",
-          "train_time_s", "first_step_s", "images_per_sec", "trainable_params", "total_params",
-          "optimizer_state_bytes", "steps", "train_examples", "test_examples",
-          "source_test_accuracy", "target_val_accuracy")   # Domain adaptation's (jtl/adapt.py).
-  return {"stage": cell.stage, "cell": cell.name, **cell.labels, "fields": cell.fields,
-          **{k: summary.get(k) for k in keep}, "workdir": cell.workdir}
-
-
-def read_results(root: str) -> list[dict]:
-  path = os.path.join(root, RESULTS)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _append_result(root: str, row: dict) -> None:
-  with open(os.path.join(root, RESULTS), "a") as f:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
 def provenance(argv: Sequence[str]) -> dict:
   """What a table needs to be traced back: command, date, commit, versions, device."""
   import jax
@@ -345,9 +302,9 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
     for cell, _ in todo:
       print(command(cell))
     return read_results(root)
-  from jtl import report as report_lib, train
+  from jtl import runtime, train
   os.makedirs(root, exist_ok=True)
-  train.enable_compilation_cache()
+  runtime.enable_compilation_cache()
   _write_study_json(study, root, sys.argv)
   recorded = {(r["stage"], r["cell"]) for r in read_results(root)}
   log(f"jtl sweep {study.name}: {len(checked)} cells, {len(checked) - len(todo)} finished, "
@@ -361,9 +318,9 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
       ran += 1
     if (cell.stage, cell.name) not in recorded:
       with open(os.path.join(cell.workdir, SUMMARY)) as f:
-        _append_result(root, result_row(cell, json.load(f)))
+        append_result(root, result_row(cell, json.load(f)))
       recorded.add((cell.stage, cell.name))
-    if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, report_lib.DIAGNOSTICS):
+    if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, DIAGNOSTICS):
       from jtl.diagnose import after
       log(f"diagnostics of {cell.stage}/{cell.name}")
       try:
@@ -409,38 +366,3 @@ def load_study(path: str) -> Study:
   if not isinstance(study, Study):
     raise ValueError(f"{path} declares no STUDY = jtl.sweep.Study(...).")
   return study
-
-
-def main(argv: Sequence[str] | None = None, study: Study | None = None) -> int:
-  """`jtl sweep STUDY.py [--workdir DIR] [--print_commands] [--no_report]`."""
-  import argparse
-  argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="jtl sweep", description="Run a study's grid of cells.")
-  if study is None:
-    parser.add_argument("study", help="a study file, e.g. experiments/seed_transfer.py")
-  parser.add_argument("--workdir", help="where cells, results.jsonl and RESULTS.md go "
-                      "(default runs/STUDY_NAME)")
-  parser.add_argument("--print_commands", action="store_true",
-                      help="print one ./launch.sh line per unfinished cell and exit")
-  parser.add_argument("--no_report", action="store_true", help="do not write RESULTS.md")
-  parser.add_argument("--diagnose", action="store_true",
-                      help="per transfer cell: weight drift and CKA per stage and a feature "
-                      "picture, written to its workdir and shown by the report")
-  args = parser.parse_args(argv)
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
-  from jtl import report
-  try:
-    study = study or load_study(args.study)
-    root = args.workdir or os.path.join("runs", study.name)
-    run(study, root, print_commands=args.print_commands, diagnose=args.diagnose)
-  except (ValueError, FileNotFoundError) as e:
-    if os.environ.get("JTL_TRACEBACK"):
-      raise
-    print(f"jtl: error: {first_line(e)}", file=sys.stderr)
-    return 2
-  if not args.print_commands and not args.no_report and study.report:
-    text = report.write_report(root)
-    print("\n" + text)
-    print(f"\nwrote {os.path.join(root, report.RESULTS_MD)} and its plots")
-  return 0

@@ -2,16 +2,18 @@
 
 A source run (configs/source.py) leaves a checkpoint; a transfer run
 (configs/transfer.py) starts from it with a new head and a strategy. Both are
-driven from `train_and_evaluate`, which reads top to bottom.
+driven from `train_and_evaluate`, which reads top to bottom. The state of a run is
+built by `create_state` and moved to a strategy's next phase by `switch_phase`;
+the trainer, the tests and the benchmarks all call those two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -24,10 +26,13 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jtl import adapt, checkpoint, convert, data, models, optim, prefix_cache, strategy, writers
+from jtl import adapt, checkpoint, convert, data, models, optim, prefix_cache, runtime, strategy
 from jtl import config as config_lib
 from jtl import workdir as workdir_lib
-from jtl.regularizers import make_penalty_fn
+from jtl import writers
+from jtl.models import build as model_build
+from jtl.regularizers import make_penalty_term
+from jtl.runtime import Preempted, enable_compilation_cache, log   # Re-exported for callers.
 
 
 @struct.dataclass
@@ -41,11 +46,13 @@ class TrainState:
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
   loss_fn: Callable = struct.field(pytree_node=False)    # (logits, labels) -> per-example loss
   frozen: frozenset = struct.field(pytree_node=False)    # Paths that get no gradient.
-  penalty_fn: Callable | None = struct.field(pytree_node=False, default=None)
+  # Terms added to the loss: penalties (jtl/regularizers.py) and domain adaptation's
+  # (jtl/adapt.py), each term(state, params, out, logits, batch, num_labeled) -> (losses, metrics).
+  loss_terms: tuple = struct.field(pytree_node=False, default=())
   accum_steps: int = struct.field(pytree_node=False, default=1)   # Micro-batches per step.
-  # Domain adaptation's term (jtl/adapt.py), on batches that carry "target_image".
-  adapt_fn: Callable | None = struct.field(pytree_node=False, default=None)
-  source: Any = None   # Source params and batch_stats, for L2-SP / DELTA; not checkpointed.
+  # The source weights the run started from ({"params", "batch_stats"}), which L2-SP and
+  # DELTA pull toward; not checkpointed.
+  anchor: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -110,18 +117,15 @@ def _loss(state: TrainState, params, batch_stats, batch, rng):
   params = _stop_gradient_at(params, state.frozen)
   variables = {"params": params, "batch_stats": batch_stats}
   images, n = batch["image"], batch["label"].shape[0]
-  if state.adapt_fn:
+  if data.TARGET_IMAGE in batch:
     images = jnp.concatenate([images, batch[data.TARGET_IMAGE]])
   logits, out, batch_stats = state.apply_fn(variables, images, train=True, rng=rng)
   loss = state.loss_fn(logits[:n], batch["label"]).mean()
-  penalties = (state.penalty_fn(params, {k: v[:n] for k, v in out.items()}, batch["image"],
-                                state.source) if state.penalty_fn else {})
-  terms = {f"penalty/{name}": v for name, v in penalties.items()}
-  added = sum(penalties.values())
-  if state.adapt_fn:
-    adapt_terms, adapt_metrics = state.adapt_fn(params, out, logits, n, state.step)
-    terms |= {f"adapt/{name}": v for name, v in adapt_terms.items()} | adapt_metrics
-    added += sum(adapt_terms.values())
+  added, terms = 0.0, {}
+  for term in state.loss_terms:
+    losses, metrics = term(state, params, out, logits, batch, n)
+    added += sum(losses.values())
+    terms |= losses | metrics
   return loss + added, (logits[:n], batch_stats, loss, terms)
 
 
@@ -149,8 +153,9 @@ def _stop_gradient_at(params, frozen: frozenset):
                             for k, v in flat.items()}, sep="/")
 
 
+
 # ---------------------------------------------------------------------------
-# Pieces the trainer assembles.
+# The state of a run, and its strategy's phases.
 # ---------------------------------------------------------------------------
 def make_loss_fn(cfg, num_classes: int) -> Callable:
   """Per-example loss: "xent" (with label smoothing) or "mse" on one-hot targets."""
@@ -164,118 +169,174 @@ def make_loss_fn(cfg, num_classes: int) -> Callable:
   return loss_fn
 
 
-@dataclasses.dataclass(frozen=True)
-class Forward:
-  """Normalizes uint8 images on device and runs the model.
-
-  A frozen dataclass, so two phases with equal settings compare equal and share
-  one compiled step. With `start` set, training batches hold the activations
-  after that layer (a cached frozen prefix, jtl/prefix_cache.py) and only the
-  layers after it run; evaluation always runs the whole network on images.
-  """
-  model: Any
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  bn_train: tuple[str, ...]   # Stages whose BatchNorm uses batch statistics in training.
-  start: str | None = None
-
-  def __call__(self, variables, images, train: bool, rng=None):
-    if train:
-      x = images if self.start else self.normalize(images)
-      (logits, out), new = self.model.apply(variables, x, train=True, bn_train=self.bn_train,
-                                            start=self.start, mutable=["batch_stats"])
-      return logits, out, new["batch_stats"]
-    logits, out = self.model.apply(variables, self.normalize(images), train=False)
-    return logits, out, variables["batch_stats"]
-
-  def normalize(self, images):
-    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
-
-  def activations(self, variables, images, layer: str):
-    """The output of `layer` (inference mode) for a batch of images."""
-    return self.model.apply(variables, self.normalize(images), train=False)[1][layer]
-
-
-def make_apply_fn(model, mean, std, bn_train: tuple[str, ...], start: str | None = None
-                  ) -> Forward:
-  return Forward(model, tuple(float(m) for m in mean), tuple(float(s) for s in std),
-                 tuple(bn_train), start)
-
-
-def phase_fields(config, model, phase, mean, std, loaded=frozenset(), has_source=False,
-                 start: str | None = None) -> tuple[dict, dict[str, optim.LabelHparams]]:
-  """The static TrainState fields of one strategy phase (tx, frozen, apply_fn,
-  penalty_fn), and each trained label's lr schedule and weight decay. `start`: training
-  batches hold the activations after this layer (a cached frozen prefix)."""
+def phase_fields(config, forward: model_build.Forward, phase: strategy.Phase,
+                 loaded=frozenset(), has_anchor: bool = False
+                 ) -> tuple[dict, dict[str, optim.LabelHparams]]:
+  """The static TrainState fields of one strategy phase (tx, frozen, apply_fn with the
+  phase's BatchNorm modes, loss_terms), and each trained label's lr schedule and weight
+  decay (what the trainer logs as train/lr/<label>)."""
   tx, hparams = optim.make_optimizer(config.optim, phase.labels, config.total_steps,
                                      phase.lr_mult, config.strategy.get("labels", {}))
-  bn_train = strategy.bn_train_stages(phase.labels, config.strategy.bn)
-  apply_fn = make_apply_fn(model, mean, std, bn_train, start)
-  fields = dict(tx=tx, frozen=strategy.frozen_paths(phase.labels), apply_fn=apply_fn,
-                penalty_fn=make_penalty_fn(config.reg, phase.labels, loaded, apply_fn, has_source))
-  return fields, hparams
+  apply_fn = dataclasses.replace(
+      forward, bn_train=strategy.bn_train_stages(phase.labels, config.strategy.bn))
+  terms = (make_penalty_term(config.reg, phase.labels, loaded, apply_fn, has_anchor),
+           adapt.make_adapt_term(config.adapt, config.total_steps))
+  return dict(tx=tx, frozen=strategy.frozen_paths(phase.labels), apply_fn=apply_fn,
+              loss_terms=tuple(t for t in terms if t)), hparams
 
 
-def evaluate(eval_fn, state, source, cfg, put) -> dict:
+def create_state(config, forward: model_build.Forward, variables: dict, phase: strategy.Phase,
+                 *, num_classes: int, loaded=frozenset(), anchor=None
+                 ) -> tuple[TrainState, dict[str, optim.LabelHparams]]:
+  """A run's state at step 0 in strategy phase `phase`, and its labels' lr schedules.
+
+  `forward` runs the model (jtl/models/build.py); `variables` holds params and
+  batch_stats; `loaded` the paths that came from the source checkpoint; `anchor` the
+  source weights that L2-SP / DELTA pull toward.
+
+  >>> state, hparams = create_state(config, built.forward, built.variables,   # doctest: +SKIP
+  ...                               strat.phases[0], num_classes=5)
+  """
+  fields, hparams = phase_fields(config, forward, phase, loaded, anchor is not None)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables["batch_stats"], opt_state=fields["tx"].init(params),
+                    loss_fn=make_loss_fn(config.loss, num_classes),
+                    accum_steps=config.optim.accum_steps, anchor=anchor, **fields), hparams
+
+
+def switch_phase(state: TrainState, config, phase: strategy.Phase, steps_done: int,
+                 loaded=frozenset()) -> tuple[TrainState, dict[str, optim.LabelHparams]]:
+  """`state` moved to strategy phase `phase` after `steps_done` steps: the phase's
+  optimizer (moments of labels that keep training carried over), frozen set, BatchNorm
+  modes and penalties."""
+  fields, hparams = phase_fields(config, state.apply_fn, phase, loaded, state.anchor is not None)
+  opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
+  return state.replace(opt_state=opt_state, **fields), hparams
+
+
+# ---------------------------------------------------------------------------
+# Pieces the trainer assembles.
+# ---------------------------------------------------------------------------
+def initial_weights(config, built: model_build.Built, init: tuple, rng):
+  """(variables, strategy, loaded paths, anchor): the model's starting point, with the
+  source checkpoint `init` (params, batch_stats, meta) merged in unless the strategy
+  trains from scratch."""
+  variables = {**built.variables, "params": adapt.add_head(config.adapt, built.variables["params"],
+                                                           jax.random.fold_in(rng, 1))}
+  strat = strategy.resolve(config.strategy, variables["params"], config.total_steps)
+  if not (config.init and strat.pretrained):
+    if config.init:
+      log(f"strategy {strat.name}: training from a random init; {config.init} is not loaded")
+    return variables, strat, frozenset(), None
+  # zero_head: BiT's choice, a re-initialized head starts from uniform outputs.
+  variables, report = convert.load_into(
+      variables, init, dont_load=(*config.dont_load, f"{adapt.HEAD}/.*"),  # Never a domain head.
+      zero_head=config.zero_head, name=f"checkpoint {config.init}")
+  loaded = frozenset(strategy.param_paths(variables["params"])) - set(report["kept_from_init"])
+  # A copy: the state is donated each step, so it must not alias the trained params.
+  anchor = (jax.tree.map(np.array, variables) if config.reg.l2_sp or config.reg.delta else None)
+  log(f"loaded {report['loaded']} arrays from {config.init}; "
+      f"re-initialized {', '.join(report['kept_from_init']) or 'none'}")
+  return variables, strat, loaded, anchor
+
+
+def training_data(config, built, variables, strat, train_split, adaptation):
+  """(the training batches' dataset, the layer a cached frozen prefix ends at or None)."""
+  # A frozen prefix with fixed inputs runs once per dataset, not once per step.
+  cached_from, _ = prefix_cache.cut(config, strat)
+  if cached_from:
+    name = prefix_cache.key(config, built.arch, cached_from, variables, train_split,
+                            built.mean, built.std)
+    train_split = prefix_cache.cached_source(
+        train_split, built.forward, variables, cached_from, name,
+        batch_size=config.data.eval_batch_size, image_size=config.data.image_size,
+        channels=config.data.channels, log=log)
+    log(f"training on cached activations after {cached_from}: the frozen prefix runs no more")
+  shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+  ds = data.train_dataset(
+      train_split, batch_size=config.data.batch_size // jax.process_count(),
+      image_size=None if cached_from else config.data.image_size, channels=config.data.channels,
+      augment=config.data.augment and not cached_from, seed=config.seed, **shard)
+  if adaptation:   # Unlabeled target images beside each labeled batch: own order, no labels.
+    ds = adaptation.training_data(ds, config, **shard)
+    log(adaptation.describe())
+  return ds, cached_from
+
+
+def check_batch_sizes(config) -> None:
+  """Global batches split evenly over the devices (and accumulation's micro-batches)."""
+  accum, devices = config.optim.accum_steps, jax.device_count()
+  sizes = [("data.batch_size", config.data.batch_size, accum),
+           ("data.eval_batch_size", config.data.eval_batch_size, 1)]
+  if config.adapt.method != "none":
+    sizes.append(("adapt.target_batch_size",
+                  config.adapt.target_batch_size or config.data.batch_size, accum))
+  for field, size, per in sizes:
+    if size % (devices * per):
+      raise ValueError(f"config field {field}={size} must be divisible by the {devices} devices"
+                       + (f" x optim.accum_steps={accum}." if per > 1 else "."))
+
+
+def evaluate(eval_step_fn, state, split, cfg, put) -> dict:
   """Accuracy and mean loss of `state` on a whole split."""
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
   local = cfg.data.eval_batch_size // jax.process_count()
-  batches = data.eval_batches(source, batch_size=local, image_size=cfg.data.image_size,
+  batches = data.eval_batches(split, batch_size=local, image_size=cfg.data.image_size,
                               channels=cfg.data.channels, shard_index=jax.process_index(),
                               shard_count=jax.process_count())
-  n = data.num_eval_batches(len(source), batch_size=local, shard_count=jax.process_count())
-  for batch in tqdm(batches, total=n, desc="eval", leave=False, disable=not _show(cfg)):
-    for k, v in jax.device_get(eval_fn(state, put(batch))).items():
+  n = data.num_eval_batches(len(split), batch_size=local, shard_count=jax.process_count())
+  for batch in tqdm(batches, total=n, desc="eval", leave=False,
+                    disable=not runtime.show_progress(cfg)):
+    for k, v in jax.device_get(eval_step_fn(state, put(batch))).items():
       totals[k] += float(v)
   return {"accuracy": totals["correct"] / max(totals["count"], 1),
           "loss": totals["loss"] / max(totals["count"], 1)}
 
 
-def _log(message: str) -> None:
-  if jax.process_index() == 0:
-    tqdm.write(f"jtl: {message}")
+class Validation:
+  """The latest result of each validation split, and the best step of "val"; a resumed
+  run starts from the rows its metrics.jsonl kept."""
+
+  def __init__(self, splits: dict, kept_rows: list[dict]):
+    self.splits = {name: s for name, s in splits.items() if s is not None}
+    self.last = {name: _logged_val(kept_rows, name)[1] for name in self.splits}
+    self.best = _logged_val(kept_rows, "val")[0]
+
+  def run(self, eval_step_fn, state, config, put, writer, step: int) -> None:
+    for name, split in self.splits.items():
+      result = self.last[name] = evaluate(eval_step_fn, state, split, config, put)
+      writer.write(step, {f"{name}/{k}": v for k, v in result.items()})
+      if name == "val" and (self.best is None or result["accuracy"] > self.best[1]):
+        self.best = (step, result["accuracy"])
 
 
-def _progress(bar, cfg, step: int, metrics: dict, lr: float, speed: float) -> None:
-  """Loss, accuracy, lr (the largest label's) and images/s: on the bar, or one log line."""
-  shown = {"loss": f"{float(metrics['loss']):.4f}", "acc": f"{float(metrics['accuracy']):.3f}",
-           "lr": f"{lr:.3g}", "img/s": f"{speed:.0f}"}
-  if _show(cfg):
-    bar.set_postfix(shown, refresh=False)
-  elif jax.process_index() == 0 and step % cfg.log_every == 0:
-    print(f"jtl: step {step}/{cfg.total_steps} " + " ".join(f"{k} {v}" for k, v in shown.items()),
-          flush=True)
-
-
-def _show(cfg) -> bool:
-  return bool(cfg.progress) and jax.process_index() == 0
-
-
-class _Preemption:
-  """Turns SIGTERM (a preempted VM) and a first Ctrl-C into a flag the loop checks after
-  each step; a second Ctrl-C interrupts at once."""
-
-  def __init__(self):
-    self.requested = None    # The signal's name once one arrived.
-    self._previous = {sig: signal.signal(sig, self._handle)
-                      for sig in (signal.SIGTERM, signal.SIGINT)}
-
-  def _handle(self, signum, frame):
-    if self.requested == "Ctrl-C" and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.requested = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-
-  def close(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-class Preempted(Exception):
-  """Raised after SIGTERM or Ctrl-C, once the checkpoint is written; `code` is the exit code."""
-
-  def __init__(self, message: str, code: int):
-    super().__init__(message)
-    self.code = code
+def summarize(config, workdir, state, test, *, validation, adaptation, labeled_test,
+              train_examples, test_examples, timing, strat, cached_from, skipped) -> dict:
+  """summary.json: test accuracy, validation, timing, sizes, and adaptation's fields."""
+  train_time, first_step_s, images_seen = timing
+  summary = {
+      "workdir": workdir, "steps": config.total_steps,
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "train_examples": train_examples, "test_examples": test_examples,
+      "train_time_s": train_time,
+      "first_step_s": first_step_s,   # From the call to the end of the first step.
+      "images_per_sec": images_seen / train_time if images_seen else None,
+      "trainable_params": int(sum(np.size(v) for k, v in tu.flatten_dict(
+          jax.device_get(state.params), sep="/").items() if k not in state.frozen)),
+      "total_params": models.count_params(state.params),
+      "optimizer_state_bytes": optim.optimizer_state_bytes(state.opt_state),
+      "optimizer_state_bytes_per_label": optim.state_bytes_per_label(state.opt_state),
+      "strategy": strat.name,
+      "prefix_cached_through": cached_from,   # Trained on cached activations after this layer.
+      "skipped_files": skipped,
+  }
+  if validation.best is not None:
+    summary |= {"val_accuracy": validation.last["val"]["accuracy"],
+                "best_val_step": validation.best[0], "best_val_accuracy": validation.best[1]}
+  if adaptation:
+    summary |= adaptation.summary(labeled_test, validation.last.get("val_target"))
+  return summary
 
 
 # ---------------------------------------------------------------------------
@@ -286,254 +347,127 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Setup ---------------------------------------------------------------
   config_lib.check(config)
   started = time.time()
-  batch_size = config.data.batch_size
-  accum = config.optim.accum_steps
-  for field, per in (("batch_size", accum), ("eval_batch_size", 1)):
-    if config.data[field] % (jax.device_count() * per):
-      raise ValueError(
-          f"config field data.{field}={config.data[field]} must be divisible by the "
-          f"{jax.device_count()} devices" + (f" x optim.accum_steps={accum}." if per > 1 else "."))
-  target_batch = config.adapt.target_batch_size or batch_size
-  if config.adapt.method != "none" and target_batch % (jax.device_count() * accum):
-    raise ValueError(f"config field adapt.target_batch_size={target_batch} must be divisible by "
-                     f"the {jax.device_count()} devices x optim.accum_steps={accum}.")
+  check_batch_sizes(config)
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   put = functools.partial(device_batch, sharding=sharded)
 
   # ---- Data ----------------------------------------------------------------
   splits = data.make_splits(config.data, seed=config.seed)
-  train_src = splits["train"]
-  num_classes = train_src.num_classes
-  # Domain adaptation: the target's train images (unlabeled here), val carve and test split.
-  target = target_splits(config, num_classes) if config.adapt.target else None
-  # Source weights in any format jtl reads (a jtl run, hf:, torchvision:, bit:, orbax:).
-  src_params, src_stats, source_meta = convert.load(config.init) if config.init else ({}, {}, {})
-  arch = architecture(config, source_meta)
-  mean = config.data.mean or source_meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
-  std = config.data.std or source_meta.get("data", {}).get("std") or (0.5,) * config.data.channels
+  num_classes = splits["train"].num_classes
+  # Domain adaptation: the target's unlabeled train images, val carve and test split.
+  adaptation = adapt.Adaptation.from_config(config, num_classes)
 
   # ---- Model, strategy and source weights -------------------------------------
-  model = models.get_model(arch["name"], num_classes=num_classes, small_stem=arch["small_stem"],
-                           width=arch["width"], dtype=jnp.dtype(config.model.dtype))
+  # The checkpoint to start from, in any format jtl reads (a jtl run, hf:, torchvision:, ...).
+  init = convert.load(config.init) if config.init else ({}, {}, {})
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
-  variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
-  variables = {**variables, "params": adapt.add_head(config.adapt, variables["params"],
-                                                     jax.random.fold_in(init_rng, 1))}
-  strat = strategy.resolve(config.strategy, variables["params"], config.total_steps)
-  source, loaded = None, frozenset()  # Source weights (for penalties), paths loaded.
-  if config.init and strat.pretrained:
-    # zero_head: BiT's choice, a re-initialized head starts from uniform outputs.
-    variables, report = convert.load_into(
-        variables, (src_params, src_stats, source_meta),
-        dont_load=(*config.dont_load, f"{adapt.HEAD}/.*"),   # A domain head is never loaded.
-        zero_head=config.zero_head, name=f"checkpoint {config.init}")
-    loaded = (frozenset(strategy.param_paths(variables["params"]))
-              - set(report["kept_from_init"]))
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  if config.init and strat.pretrained:
-    if config.reg.l2_sp or config.reg.delta:
-      # A copy: the state is donated each step, so it must not alias the trained params.
-      source = jax.tree.map(np.array, {"params": params, "batch_stats": batch_stats})
-    _log(f"loaded {report['loaded']} arrays from {config.init}; "
-         f"re-initialized {', '.join(report['kept_from_init']) or 'none'}")
-  elif config.init:
-    _log(f"strategy {strat.name}: training from a random init; {config.init} is not loaded")
-
-  # A frozen prefix with fixed inputs runs once per dataset, not once per step.
-  cached_from, _ = prefix_cache.cut(config, strat)
-  if cached_from:
-    name = prefix_cache.key(config, arch, cached_from, variables, train_src, mean, std)
-    train_src = prefix_cache.cached_source(
-        train_src, make_apply_fn(model, mean, std, ()),
-        {"params": params, "batch_stats": batch_stats}, cached_from, name,
-        batch_size=config.data.eval_batch_size, image_size=config.data.image_size,
-        channels=config.data.channels, log=_log)
-    _log(f"training on cached activations after {cached_from}: the frozen prefix runs no more")
-  shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-  train_ds = data.train_dataset(
-      train_src, batch_size=batch_size // jax.process_count(),
-      image_size=None if cached_from else config.data.image_size, channels=config.data.channels,
-      augment=config.data.augment and not cached_from, seed=config.seed, **shard)
-  if config.adapt.method != "none":
-    # Unlabeled target images beside each labeled batch: own order, no labels read.
-    train_ds = data.paired_dataset(train_ds, data.train_dataset(
-        data.Unlabeled(target["train"]), batch_size=target_batch // jax.process_count(),
-        image_size=config.data.image_size, channels=config.data.channels,
-        augment=config.data.augment, seed=data.target_seed(config.seed), labels=False, **shard))
-    _log(f"adapting to {config.adapt.target} with {config.adapt.method}: {len(target['train'])} "
-         f"unlabeled images, {target_batch} a step")
+  built = model_build.build(config, init[2], num_classes, init_rng)
+  variables, strat, loaded, anchor = initial_weights(config, built, init, init_rng)
+  train_ds, cached_from = training_data(config, built, variables, strat, splits["train"],
+                                        adaptation)
+  forward = dataclasses.replace(built.forward, start=cached_from)
   train_iter = iter(train_ds)
 
-  def phase_state(k: int, state: TrainState | None, steps_done: int):
-    """The state for phase k (its optimizer, frozen set, BatchNorm modes and penalties),
-    and its labels' lr schedules for the log."""
-    fields, hparams = phase_fields(config, model, strat.phases[k], mean, std, loaded,
-                                   source is not None, cached_from)
-    if state is None:
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                        opt_state=fields["tx"].init(params), source=source,
-                        loss_fn=make_loss_fn(config.loss, num_classes), accum_steps=accum,
-                        adapt_fn=adapt.make_adapt_fn(config.adapt, config.total_steps),
-                        **fields), hparams
-    opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
-    return state.replace(opt_state=jax.device_put(opt_state, replicated), **fields), hparams
-
-  os.makedirs(workdir, exist_ok=True)   # Only now: a refused config leaves no empty workdir.
-  # One run per workdir, and a resume only under the settings it started with.
-  release = workdir_lib.lock(workdir) if jax.process_index() == 0 else (lambda: None)
-  try:
+  with contextlib.ExitStack() as resources:   # Every way out releases what was taken.
+    os.makedirs(workdir, exist_ok=True)   # Only now: a refused config leaves no empty workdir.
+    # One run per workdir, and a resume only under the settings it started with.
+    if jax.process_index() == 0:
+      resources.callback(workdir_lib.lock(workdir))
     workdir_lib.check_resume(workdir, config)
-  except ValueError:
-    release()
-    raise
-  _write_model_json(workdir, config, arch, num_classes, train_src.class_names, mean, std)
-  skipped = _write_skipped(workdir, {**splits, **{f"target_{k}": v
-                                                  for k, v in (target or {}).items()}})
+    _write_model_json(workdir, config, built, num_classes, splits["train"].class_names)
+    skipped = _write_skipped(workdir, {**splits, **{f"target_{k}": v for k, v in (
+        adaptation.splits if adaptation else {}).items()}})
 
-  # ---- Resume ----------------------------------------------------------------
-  mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
-  latest = mgr.latest_step()
-  # A checkpoint at step s holds the optimizer of the phase that ran step s.
-  phase = strat.phase_at(max((latest or 0) - 1, 0))
-  state, hparams = phase_state(phase, None, 0)
-  state = jax.device_put(state, replicated)
-  if latest is not None:
-    state = checkpoint.restore(mgr, state, train_iter)
-    _log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
-  start = int(jax.device_get(state.step))
-  # The final evaluation (test/...) is redone by every run that reaches the end.
-  writer = writers.MetricWriter(workdir, resume_step=start, redo=("test",))
-  # A resumed run's summary covers what it validated before its checkpoint too.
-  best_val, last_val = _logged_val(writer.kept)
-  target_val = _logged_val(writer.kept, "val_target")[1]
-  if jax.process_index() == 0:
-    writers.write_atomic(os.path.join(workdir, "config.json"),
-                         config.to_json_best_effort(indent=2))
+    # ---- Resume --------------------------------------------------------------
+    mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
+    resources.callback(mgr.close)
+    resources.callback(mgr.wait_until_finished)
+    latest = mgr.latest_step()
+    # A checkpoint at step s holds the optimizer of the phase that ran step s.
+    phase = strat.phase_at(max((latest or 0) - 1, 0))
+    state, hparams = create_state(config, forward, variables, strat.phases[phase],
+                                  num_classes=num_classes, loaded=loaded, anchor=anchor)
+    state = jax.device_put(state, replicated)
+    if latest is not None:
+      state = checkpoint.restore(mgr, state, train_iter)
+      log(f"resumed from {workdir} at step {int(jax.device_get(state.step))}")
+    start = int(jax.device_get(state.step))
+    # The final evaluation (test/...) is redone by every run that reaches the end.
+    writer = writers.MetricWriter(workdir, resume_step=start, redo=("test",))
+    resources.callback(writer.close)
+    # A resumed run's summary covers what it validated before its checkpoint too.
+    validation = Validation({"val": splits.get("val"),
+                             **(adaptation.evaluations() if adaptation else {})}, writer.kept)
+    if jax.process_index() == 0:
+      writers.write_atomic(os.path.join(workdir, "config.json"),
+                           config.to_json_best_effort(indent=2))
+    train_step_fn = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    eval_step_fn = jax.jit(eval_step, out_shardings=replicated)
 
-  p_train = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
-  p_eval = jax.jit(eval_step, out_shardings=replicated)
-
-  # ---- Train loop -------------------------------------------------------------
-  preemption = _Preemption()
-  t0, images_seen, first_step_s = time.time(), 0, None
-  bar = tqdm(range(start + 1, config.total_steps + 1), initial=start, total=config.total_steps,
-             desc="train", disable=not _show(config))
-  try:
+    # ---- Train loop -----------------------------------------------------------
+    preemption = resources.enter_context(runtime.Preemption())
+    t0, images_seen, first_step_s = time.time(), 0, None
+    bar = tqdm(range(start + 1, config.total_steps + 1), initial=start, total=config.total_steps,
+               desc="train", disable=not runtime.show_progress(config))
     for step in bar:
       if strat.phase_at(step - 1) != phase:
         phase = strat.phase_at(step - 1)
-        state, hparams = phase_state(phase, state, step - 1)
-        _log(f"step {step}: phase {phase} of {strat.name} "
-             f"({len(state.frozen)} frozen parameter arrays)")
+        state, hparams = switch_phase(state, config, strat.phases[phase], step - 1, loaded)
+        state = state.replace(opt_state=jax.device_put(state.opt_state, replicated))
+        log(f"step {step}: phase {phase} of {strat.name} "
+            f"({len(state.frozen)} frozen parameter arrays)")
         writer.write(step, {"strategy/phase": phase})
-      state, metrics = p_train(state, put(next(train_iter)), step_rng)
+      state, metrics = train_step_fn(state, put(next(train_iter)), step_rng)
       if first_step_s is None:   # Set-up, data, restore and compile: what a cache can save.
         jax.block_until_ready(state.step)
         first_step_s = time.time() - started
-      images_seen += batch_size
+      images_seen += config.data.batch_size
       is_last = step == config.total_steps
       due_ckpt = step % config.checkpoint_every == 0 or is_last
-      due_eval = is_last or bool(config.eval_every and step % config.eval_every == 0)
       if step % config.log_every == 0 or due_ckpt or preemption.requested:
-        metrics = jax.device_get(metrics)
-        if not np.isfinite(metrics["loss"]):
-          good = mgr.latest_step()
-          raise FloatingPointError(
-              f"loss became {metrics['loss']} at step {step}; stopped. The last good checkpoint "
-              f"({'step ' + str(good) if good is not None else 'none yet'}) is kept in "
-              f"{os.path.join(workdir, checkpoint.CHECKPOINTS)}.")
-        # Each label's lr as its optimizer applies it at this step (optax counts from 0).
-        lrs = {label: float(h.lr(step - 1)) for label, h in hparams.items()}
-        speed = images_seen / (time.time() - t0)
-        writer.write(step, {f"train/{k}": v for k, v in metrics.items()} | {
-            f"train/lr/{label}": v for label, v in lrs.items()} | {"train/images_per_sec": speed})
-        _progress(bar, config, step, metrics, max(lrs.values(), default=0.0), speed)
-      if splits.get("val") is not None and due_eval:
-        val = evaluate(p_eval, state, splits["val"], config, put)
-        writer.write(step, {f"val/{k}": v for k, v in val.items()})
-        last_val = val
-        if best_val is None or val["accuracy"] > best_val[1]:
-          best_val = (step, val["accuracy"])
-      if target and target["val"] is not None and due_eval:
-        target_val = evaluate(p_eval, state, target["val"], config, put)
-        writer.write(step, {f"val_target/{k}": v for k, v in target_val.items()})
+        _log_step(writer, bar, config, step, jax.device_get(metrics), hparams,
+                  images_seen / (time.time() - t0), mgr, workdir)
+      if is_last or (config.eval_every and step % config.eval_every == 0):
+        validation.run(eval_step_fn, state, config, put, writer, step)
       if due_ckpt or preemption.requested:
         checkpoint.save(mgr, state, train_iter, force=True)
       if preemption.requested:
-        raise Preempted(f"{preemption.requested} at step {step}: checkpoint saved in {workdir}; "
-                        "rerun the same command to resume.",
-                        code=143 if preemption.requested == "SIGTERM" else 130)
+        raise preemption.stop(step, workdir)
     train_time = time.time() - t0
 
-    # ---- Final evaluation -----------------------------------------------------
+    # ---- Final evaluation -------------------------------------------------------
     # With a domain-adaptation target, test accuracy is the target's.
-    test_split = target["test"] if target else splits["test"]
-    test = evaluate(p_eval, state, test_split, config, put)
-    summary = {
-        "workdir": workdir, "steps": config.total_steps,
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "train_examples": len(train_src), "test_examples": len(test_split),
-        "train_time_s": train_time,
-        "first_step_s": first_step_s,   # From the call to the end of the first step.
-        "images_per_sec": images_seen / train_time if images_seen else None,
-        "trainable_params": int(sum(np.size(v) for k, v in tu.flatten_dict(
-            jax.device_get(state.params), sep="/").items() if k not in state.frozen)),
-        "total_params": models.count_params(state.params),
-        "optimizer_state_bytes": optim.optimizer_state_bytes(state.opt_state),
-        "optimizer_state_bytes_per_label": optim.state_bytes_per_label(state.opt_state),
-        "strategy": strat.name,
-        "prefix_cached_through": cached_from,   # Trained on cached activations after this layer.
-        "skipped_files": skipped,
-    }
-    if best_val is not None:
-      summary |= {"val_accuracy": last_val["accuracy"], "best_val_step": best_val[0],
-                  "best_val_accuracy": best_val[1]}
-    if target:
-      source_test = evaluate(p_eval, state, splits["test"], config, put)
-      writer.write(config.total_steps, {f"test_source/{k}": v for k, v in source_test.items()})
-      summary |= {"adapt_method": config.adapt.method, "target": config.adapt.target,
-                  "source_test_accuracy": source_test["accuracy"],
-                  "target_train_examples": len(target["train"])}
-      if target_val is not None:
-        summary["target_val_accuracy"] = target_val["accuracy"]
+    test_split = adaptation.splits["test"] if adaptation else splits["test"]
+    test = evaluate(eval_step_fn, state, test_split, config, put)
+    labeled_test = None
+    if adaptation:   # The labeled domain's own test split, beside the target's.
+      labeled_test = evaluate(eval_step_fn, state, splits["test"], config, put)
+      writer.write(config.total_steps, {f"test_source/{k}": v for k, v in labeled_test.items()})
+    summary = summarize(config, workdir, state, test, validation=validation,
+                        adaptation=adaptation, labeled_test=labeled_test,
+                        train_examples=len(splits["train"]), test_examples=len(test_split),
+                        timing=(train_time, first_step_s, images_seen), strat=strat,
+                        cached_from=cached_from, skipped=skipped)
     writer.write(config.total_steps, {f"test/{k}": v for k, v in test.items()})
     if jax.process_index() == 0:
       writers.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
-  finally:
-    release()
-    preemption.close()
-    mgr.wait_until_finished()
-    mgr.close()
-    writer.close()
 
 
-def target_splits(config, num_classes: int) -> dict:
-  """The domain-adaptation target's train (its images are the unlabeled pool), val (a
-  labeled carve, adapt.target_val_per_class per class, or None) and test splits, over
-  the same classes as config.data."""
-  splits = data.make_splits({
-      "name": config.adapt.target, "data_dir": config.data.data_dir,
-      "classes": config.data.classes, "val_per_class": config.adapt.target_val_per_class,
-      "skip_corrupt": config.data.skip_corrupt}, seed=config.seed)
-  if splits["test"].num_classes != num_classes:
-    raise ValueError(f"config field adapt.target={config.adapt.target!r} has "
-                     f"{splits['test'].num_classes} classes but data.name={config.data.name!r} has "
-                     f"{num_classes}; the target must share the labeled data's classes.")
-  return splits
-
-
-def enable_compilation_cache() -> str:
-  """A persistent XLA compilation cache (~/.cache/jtl/xla or $JTL_COMPILATION_CACHE), so a
-  rerun, a resume or a sweep's next cell of the same shape skips most of the compile."""
-  path = os.environ.get("JTL_COMPILATION_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "jtl", "xla")
-  os.makedirs(path, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  return path
+def _log_step(writer, bar, config, step, metrics, hparams, speed, mgr, workdir) -> None:
+  """One step's metrics and each label's lr to the log and the bar; a NaN loss stops here."""
+  if not np.isfinite(metrics["loss"]):
+    good = mgr.latest_step()
+    raise FloatingPointError(
+        f"loss became {metrics['loss']} at step {step}; stopped. The last good checkpoint "
+        f"({'step ' + str(good) if good is not None else 'none yet'}) is kept in "
+        f"{os.path.join(workdir, checkpoint.CHECKPOINTS)}.")
+  # Each label's lr as its optimizer applies it at this step (optax counts from 0).
+  lrs = {label: float(h.lr(step - 1)) for label, h in hparams.items()}
+  writer.write(step, {f"train/{k}": v for k, v in metrics.items()} | {
+      f"train/lr/{label}": v for label, v in lrs.items()} | {"train/images_per_sec": speed})
+  runtime.progress(bar, config, step, metrics, max(lrs.values(), default=0.0), speed)
 
 
 def _logged_val(logged: list[dict], prefix: str = "val") -> tuple:
@@ -555,35 +489,17 @@ def _write_skipped(workdir: str, splits: dict) -> int:
   if skipped and jax.process_index() == 0:
     with open(os.path.join(workdir, data.SKIPPED_FILE), "w") as f:
       f.writelines(p + "\n" for p in skipped)
-    _log(f"left out {len(skipped)} undecodable image(s); listed in "
-         f"{os.path.join(workdir, data.SKIPPED_FILE)}")
+    log(f"left out {len(skipped)} undecodable image(s); listed in "
+        f"{os.path.join(workdir, data.SKIPPED_FILE)}")
   return len(skipped)
 
 
-def _write_model_json(workdir, config, arch, num_classes, class_names, mean, std):
+def _write_model_json(workdir, config, built, num_classes, class_names):
   """What a later transfer or `predict` needs to rebuild and feed this model."""
   if jax.process_index() != 0:
     return
-  meta = {"model": {**arch, "dtype": config.model.dtype, "num_classes": num_classes},
+  meta = {"model": {**built.arch, "dtype": config.model.dtype, "num_classes": num_classes},
           "class_names": list(class_names),
           "data": {"image_size": config.data.image_size, "channels": config.data.channels,
-                   "mean": list(mean), "std": list(std)}}
+                   "mean": list(built.mean), "std": list(built.std)}}
   writers.write_atomic(os.path.join(workdir, checkpoint.MODEL_JSON), json.dumps(meta, indent=2))
-
-
-def architecture(config, meta: dict) -> dict:
-  """name, small_stem, width: from the config, or from the source's model.json if "auto".
-
-  A source of another architecture fails here in one sentence, not as 100 mis-shapes.
-  """
-  source = meta.get("model", {})
-  if config.model.name == "auto":
-    if not source:
-      raise ValueError("config.model.name='auto' takes the model from config.init, but "
-                       f"{config.init or 'config.init (empty)'} describes no model.")
-    return {"name": source["name"], "small_stem": source.get("small_stem", False),
-            "width": source.get("width", 1.0)}
-  if source.get("name") and source["name"] != config.model.name:
-    raise ValueError(f"config.init {config.init} holds a {source['name']}, but config.model.name "
-                     f"is {config.model.name!r}; set --config.model.name={source['name']} (or auto).")
-  return {k: config.model[k] for k in ("name", "small_stem", "width")}

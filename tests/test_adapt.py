@@ -11,9 +11,10 @@ import optax
 import pytest
 
 from jtl import adapt, data, strategy, train
+from jtl.models import build as model_build
 from jtl.config import base_config, check
 
-from test_train import assert_trees_equal, fixed_batch, tiny_config, tiny_state
+from test_train import assert_trees_equal, fixed_batch, tiny_config
 
 
 def test_gradient_reversal_is_the_identity_forward_and_minus_lambda_backward():
@@ -56,21 +57,15 @@ def test_mmd_matches_a_direct_numpy_computation():
 
 def dann_state(method="dann", name="full_finetune", lr=0.05):
   """tiny_state with a domain head, its strategy's frozen set, and the reversal at full weight."""
-  cfg = base_config().adapt
-  cfg.method, cfg.hidden = method, 16
-  state = tiny_state(lr)
-  params = adapt.add_head(cfg, state.params, jax.random.key(1))
-  strat = strategy.resolve(_strategy(name), params, 10)
-  return state.replace(params=params, opt_state=state.tx.init(params),
-                       frozen=strategy.frozen_paths(strat.phases[0].labels),
-                       adapt_fn=adapt.make_adapt_fn(cfg, total_steps=10),
-                       step=jnp.asarray(10, jnp.int32)), strat
-
-
-def _strategy(name):
-  s = base_config().strategy
-  s.name = name
-  return s
+  c = tiny_config(**{"optim.name": "sgd", "optim.lr": lr, "optim.weight_decay": 0.0,
+                      "optim.schedule": "constant", "strategy.name": name, "strategy.bn": "train",
+                      "adapt.method": method, "adapt.hidden": 16, "total_steps": 10})
+  built = model_build.build(c, {}, num_classes=3, rng=jax.random.key(0))
+  params = adapt.add_head(c.adapt, built.variables["params"], jax.random.key(1))
+  strat = strategy.resolve(c.strategy, params, 10)
+  state, _ = train.create_state(c, built.forward, {**built.variables, "params": params},
+                                strat.phases[0], num_classes=3)
+  return state.replace(step=jnp.asarray(10, jnp.int32)), strat
 
 
 def shifted_batch():
@@ -181,8 +176,8 @@ class PoisonedLabels(data.Source):
 
 
 def test_a_dann_run_never_reads_target_labels(tmp_path, monkeypatch):
-  real = train.target_splits
-  monkeypatch.setattr(train, "target_splits", lambda config, n: {
+  real = adapt.target_splits
+  monkeypatch.setattr(adapt, "target_splits", lambda config, n: {
       **real(config, n), "train": PoisonedLabels(real(config, n)["train"])})
   config = tiny_config(**{"adapt.target": "digits", "adapt.method": "dann",
                           "adapt.target_batch_size": 8, "adapt.hidden": 16,

@@ -67,6 +67,76 @@ def test_config_help_shows_docstring_arguments_and_fields(tmp_path):
   assert 'shots=10' in result.stdout and "optim.lr = 0.01" in result.stdout
 
 
+def test_config_help_reads_the_arguments_a_config_declares(tmp_path):
+  """`CONFIG --help` lists a config's module-level ARGS, whatever its get_config looks like."""
+  (tmp_path / "mine.py").write_text(
+      '"""My config."""\nfrom jtl.config import base_config, parse_arg\n'
+      'ARGS = dict(depth=3, fast=True)\n'
+      'def get_config(arg=None):\n  a = parse_arg(arg, **ARGS)\n  c = base_config()\n'
+      '  c.total_steps = a["depth"]\n  return c\n')
+  result = subprocess.run([sys.executable, "-m", "jtl.main", f"--config={tmp_path}/mine.py:depth=5",
+                           "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "depth=3 fast=true" in result.stdout and "total_steps = 5" in result.stdout
+
+
+def test_a_config_is_found_from_any_working_directory(tmp_path, monkeypatch):
+  from jtl import config
+  monkeypatch.chdir(tmp_path)
+  assert config.load_config("configs/transfer.py:shots=5,strategy=partial:2").strategy.name == "partial:2"
+  with pytest.raises(FileNotFoundError, match="config file configs/nope.py does not exist"):
+    config.load_config("configs/nope.py")
+
+
+COMMANDS = [["train"], ["strategy", "show"], ["diagnose"], ["recommend"], ["predict"], ["convert"],
+            ["sweep"], ["report"], ["list"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_subcommand_has_its_own_help(command, capsys):
+  from jtl import cli
+  try:
+    code = cli.main([*command, "--help"])
+  except SystemExit as e:
+    code = e.code
+  assert code == 0
+  assert capsys.readouterr().out.startswith(f"usage: jtl {' '.join(command)} ")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], None), (["bogus"], "invalid choice: 'bogus'"), (["strategy"], "required: ACTION"),
+    (["train"], "CONFIG is required"), (["report"], "required: DIR"),
+    (["predict", "x.png"], "required: --checkpoint"), (["list", "extra"], "unrecognized arguments"),
+    (["sweep", "s.py", "--workdir"], "--workdir: expected one argument"),
+])
+def test_a_bad_command_line_fails_with_one_sentence(argv, expected, capsys):
+  from jtl import cli
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:
+    code = e.code
+  assert code == 2
+  err = capsys.readouterr().err
+  if expected:   # No command at all prints the usage instead.
+    assert err.startswith("jtl: error: ") and err.count("\n") == 1 and expected in err, err
+
+
+def test_a_study_run_as_a_script_takes_jtl_sweeps_flags_in_both_forms():
+  from jtl import cli, sweep
+  study = sweep.Study("tiny", stages=())
+  assert cli.sweep_args([], study=study).workdir == os.path.join("runs", "tiny")
+  for argv in (["--workdir", "/tmp/d"], ["--workdir=/tmp/d"]):
+    assert cli.sweep_args([*argv, "--print_commands"], study=study).workdir == "/tmp/d"
+
+
+def test_config_commands_pass_overrides_through_to_config_flags():
+  result = subprocess.run([sys.executable, "-m", "jtl.cli", "strategy", "show",
+                           "configs/transfer.py:strategy=partial:2", "--config.optim.lr", "0.5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "strategy partial:2" in result.stdout and "base lr 0.5" in result.stdout
+
+
 def test_jtl_list_names_strategies_datasets_models_and_formats():
   from jtl import cli, models, strategy
   text = cli.listing()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jtl import report, sweep
+from jtl import report, results
 
 
 def direct_ci(values):
@@ -83,9 +83,9 @@ def test_one_seed_has_no_interval_and_the_report_says_so(tmp_path):
 
 
 def write(root, result_rows, spec=SPEC):
-  with open(os.path.join(root, sweep.RESULTS), "w") as f:
+  with open(os.path.join(root, results.RESULTS), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in result_rows)
-  with open(os.path.join(root, sweep.STUDY_JSON), "w") as f:
+  with open(os.path.join(root, results.STUDY_JSON), "w") as f:
     json.dump({"name": "hand", "report": spec, "runs": [
         {"command": "x", "date": "d", "commit": "c", "jax": "j", "jaxlib": "j", "device": "cpu",
          "host": "h"}]}, f)

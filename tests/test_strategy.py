@@ -9,6 +9,7 @@ import pytest
 from jtl import checkpoint, models, optim, strategy, train, writers
 from jtl.config import base_config
 
+from jtl.models import build as model_build
 from test_train import tiny_config
 
 SINGLE_PHASE = ["linear_probe", "full_finetune", "scratch", "partial:0", "partial:2",
@@ -24,6 +25,7 @@ def tiny_model():
 
 
 MODEL, PARAMS, STATS = tiny_model()
+FORWARD = model_build.forward(MODEL, MEAN, STD)
 
 
 def config_for(name, **reg):
@@ -38,12 +40,9 @@ def config_for(name, **reg):
 def make_state(config, phase=0, source=None):
   strat = strategy.resolve(config.strategy, PARAMS, config.total_steps)
   loaded = frozenset(strategy.param_paths(PARAMS)) - {"head/kernel", "head/bias"}
-  fields, _ = train.phase_fields(config, MODEL, strat.phases[phase], MEAN, STD, loaded,
-                                 has_source=source is not None)
-  return train.TrainState(
-      step=jnp.zeros((), jnp.int32), params=PARAMS, batch_stats=STATS,
-      opt_state=fields["tx"].init(PARAMS), loss_fn=train.make_loss_fn(config.loss, 3),
-      source=source, **fields), strat
+  state, _ = train.create_state(config, FORWARD, {"params": PARAMS, "batch_stats": STATS},
+                                strat.phases[phase], num_classes=3, loaded=loaded, anchor=source)
+  return state, strat
 
 
 def batch(seed=0, n=16):
@@ -180,7 +179,7 @@ def test_transplant_keeps_the_state_of_parameters_that_stay_trainable():
   c = config_for("lp_ft")
   state, strat = make_state(c)
   state, _ = run_steps(state, steps=2)
-  new, _ = train.phase_fields(c, MODEL, strat.phases[1], MEAN, STD)
+  new, _ = train.phase_fields(c, FORWARD, strat.phases[1])
   moved = optim.transplant(state.opt_state, new["tx"].init(state.params), step=2)
   def trace(opt_state, param):  # The momentum buffer of one parameter.
     suffix = "".join(f"['{k}']" for k in param.split("/"))

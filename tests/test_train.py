@@ -8,10 +8,10 @@ import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from jtl import checkpoint, models, train, workdir, writers
+from jtl import checkpoint, models, runtime, strategy, train, workdir, writers
+from jtl.models import build as model_build
 from jtl.config import base_config
 
 
@@ -36,15 +36,15 @@ def tiny_config(**overrides):
 
 
 def tiny_state(lr=0.1, *, dtype=jnp.float32, bn_train=models.STAGES, accum_steps=1):
-  model = models.get_model("resnet18", num_classes=3, small_stem=True, width=0.125, dtype=dtype)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-  tx = optax.sgd(lr)
-  return train.TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-      apply_fn=train.make_apply_fn(model, (0.5,), (0.5,), bn_train),
-      tx=tx, loss_fn=train.make_loss_fn(base_config().loss, 3), frozen=frozenset(),
-      accum_steps=accum_steps)
+  """A 3-class tiny model's TrainState (plain SGD at `lr`, everything trains), built by
+  train.create_state as the trainer builds its own."""
+  c = tiny_config(**{"optim.name": "sgd", "optim.lr": lr, "optim.weight_decay": 0.0,
+                     "optim.schedule": "constant", "optim.accum_steps": accum_steps,
+                     "model.dtype": jnp.dtype(dtype).name,
+                     "strategy.bn": "train" if bn_train else "frozen"})
+  built = model_build.build(c, {}, num_classes=3, rng=jax.random.key(0))
+  phase = strategy.resolve(c.strategy, built.variables["params"], c.total_steps).phases[0]
+  return train.create_state(c, built.forward, built.variables, phase, num_classes=3)[0]
 
 
 def fixed_batch(n=12):
@@ -143,7 +143,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
     if step == 3:
       os.kill(os.getpid(), signal.SIGTERM)
   monkeypatch.setattr(writers.MetricWriter, "write", preempt_at_step_3)
-  with pytest.raises(train.Preempted, match="step 3"):
+  with pytest.raises(runtime.Preempted, match="step 3"):
     train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
   monkeypatch.setattr(writers.MetricWriter, "write", real_write)
   assert checkpoint.manager(str(tmp_path / "run"), 4, 2).latest_step() == 3

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jtl import checkpoint, models
+from jtl import checkpoint
+from jtl.models import build as model_build
 from jtl.convert.bit import load_bit
 from jtl.convert.hf import load_hf
 from jtl.convert.torchvision import load_torchvision
@@ -95,10 +96,7 @@ def build_model(meta: dict, num_classes: int | None = None, dtype=jnp.float32):
   Example:
     >>> model = build_model(meta, num_classes=5)
   """
-  m = meta["model"]
-  kw = dict(num_classes=m["num_classes"] if num_classes is None else num_classes,
-            small_stem=m.get("small_stem", False), width=m.get("width", 1.0), dtype=dtype)
-  return models.get_model(m["name"], **kw)
+  return model_build.from_meta(meta, num_classes, dtype)
 
 
 def init_head(params, zero: bool = True, *, rng=None, pattern: str = r"head/.*"):

@@ -1,9 +1,11 @@
 """jtl.data: datasets by name, what a run trains on, and host input pipelines."""
 
+from jtl.data.base import Source
 from jtl.data.folder import SKIPPED_FILE, FolderSource
 from jtl.data.paired import TARGET_IMAGE, Unlabeled, paired_dataset, target_seed
-from jtl.data.pipeline import eval_batches, num_eval_batches, preprocess, random_crop_flip, train_dataset
-from jtl.data.sources import ArraySource, Source, TfdsSource, load_source, read_idx
+from jtl.data.pipeline import (eval_batches, num_eval_batches, preprocess, random_crop_flip,
+                               train_dataset)
+from jtl.data.sources import ArraySource, TfdsSource, load_source, read_idx
 from jtl.data.shift import CORRUPTIONS, ShiftedSource, corrupt, parse_shift
 from jtl.data.splits import Subset, carve_validation, class_subset, k_shot, make_splits
 

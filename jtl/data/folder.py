@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from jtl.data.sources import Source, check_split
+from jtl.data.base import Source, check_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SKIPPED_FILE = "skipped_files.txt"   # Where a run lists the images it left out.

@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from jtl.data.sources import Source
+from jtl.data.base import Source
 
 SEVERITIES = range(1, 6)
 SHIFT_SEP = "+shift:"
@@ -72,7 +72,7 @@ def gaussian_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -
 
 def blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
   """Gaussian blur whose sigma is a fraction of the shorter side (BLUR_SIGMA)."""
-  from scipy import ndimage  # scikit-learn's dependency; loaded only when blurring
+  from scipy import ndimage  # loaded only when blurring
 
   sigma = max(BLUR_SIGMA[severity - 1] * min(image.shape[:2]), BLUR_MIN_SIGMA)
   return _to_uint8(ndimage.gaussian_filter(_to_float(image), (sigma, sigma, 0), mode="reflect"))
@@ -198,7 +198,7 @@ class ShiftedSource(Source):
   Image i's stream is seeded by (seed, severity, corruption, split, i), so it
   is the same on every read, run and machine, and differs between splits.
 
-  >>> from jtl.data.sources import ArraySource
+  >>> from jtl.data import ArraySource
   >>> base = ArraySource("toy", np.zeros((2, 8, 8, 1), np.uint8), [0, 1], ["a", "b"], "test")
   >>> src = ShiftedSource(base, "invert", 1)
   >>> src.name, int(src[1]["image"].min()), src[1]["label"]

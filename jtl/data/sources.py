@@ -1,11 +1,10 @@
 """Datasets addressed by name, as random-access sources of {"image", "label"}.
 
-A source is what `grain.MapDataset.source` reads: `len(src)` and
-`src[i] -> {"image": uint8 HxWxC, "label": int}`. Every source also carries
-`labels` (all labels in index order, so subsets and k-shot draws never decode
-an image), `class_names`, `num_classes` and `name`. A TFDS source reads its
-labels only when asked (a class subset, a validation carve or a k-shot draw),
-without decoding an image, and caches them beside the data.
+`load_source` picks the source a name means: Fashion-MNIST's idx files, scikit-learn's
+digits, an image folder (folder.py), a corrupted dataset (shift.py) or any TFDS dataset.
+What a source is, `Source`, lives in base.py. A TFDS source reads its labels only when
+asked (a class subset, a validation carve or a k-shot draw), without decoding an image,
+and caches them beside the data.
 
  src = load_source("fashion_mnist", "train")
  src[0]["image"].shape, src.num_classes   # (28, 28, 1), 10
@@ -22,38 +21,17 @@ from urllib.parse import quote
 
 import numpy as np
 
+from jtl.data.base import Source, check_split
+from jtl.data.folder import FolderSource
+from jtl.data.shift import SHIFT_SEP, ShiftedSource, parse_shift
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
   "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-SPLITS = ("train", "test")
 # Where TFDS labels are cached when the dataset's own folder is read-only.
 LABELS_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jtl", "labels")
-
-
-def check_split(name: str, split: str) -> None:
-  if split not in SPLITS:
-    raise ValueError(f"{name}: unknown split {split!r}; expected one of {SPLITS}")
-
-
-class Source:
-  """Base of jtl sources: subclasses set `name`, `split`, `labels`, `class_names`."""
-
-  name: str
-  split: str | None
-  labels: np.ndarray
-  class_names: list[str]
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def __repr__(self) -> str:
-    return f"{type(self).__name__}({self.name!r}, {len(self)} examples, {self.num_classes} classes)"
 
 
 class ArraySource(Source):
@@ -287,9 +265,6 @@ def load_source(name: str, split: str, data_dir: str | None = None, *, skip_corr
   >>> load_source("digits+shift:blur:2", "test").name
   'digits+shift:blur:2'
   """
-  from jtl.data.folder import FolderSource
-  from jtl.data.shift import SHIFT_SEP, ShiftedSource, parse_shift  # shift imports Source from here
-
   if SHIFT_SEP in name:
     base, corruption, severity, seed = parse_shift(name)
     return ShiftedSource(load_source(base, split, data_dir, skip_corrupt=skip_corrupt),

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jtl.data.sources import Source, load_source
+from jtl.data.base import Source
+from jtl.data.sources import load_source
 
 
 def class_subset(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:

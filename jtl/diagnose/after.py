@@ -26,11 +26,11 @@ import time
 import ml_collections
 import numpy as np
 
-from jtl import adapt, data, models, report
+from jtl import adapt, data, models
 from jtl import workdir as workdir_lib
 from jtl.diagnose import features, similarity
+from jtl.results import DIAGNOSTICS   # diagnostics.json
 
-DIAGNOSTICS = report.DIAGNOSTICS   # diagnostics.json
 PICTURE = "features.png"
 PROBE = 256            # Images per domain in the fixed probe batch.
 
@@ -108,9 +108,9 @@ def diagnose_run(workdir: str, *, probe: int = PROBE, picture: bool = True, tsne
 
 
 def _pca(x: np.ndarray) -> np.ndarray:
-  x = x - x.mean(0)
-  u, s, _ = np.linalg.svd(x, full_matrices=False)
-  return u[:, :2] * s[:2]
+  # "full": an exact SVD; "auto" picks a randomized one for a 512 x 512 probe.
+  from sklearn.decomposition import PCA
+  return PCA(2, svd_solver="full").fit_transform(x)
 
 
 def _tsne(x: np.ndarray, seed: int) -> np.ndarray:

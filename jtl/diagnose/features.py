@@ -20,14 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl import adapt, convert, data, models, train
+from jtl import adapt, convert, data, models
+from jtl.models import build
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
   """A network with its weights, as the trainer would build it for `config`'s data."""
   name: str                # What the user called it: a checkpoint path, or "random".
-  forward: Any             # train.Forward (normalization included).
+  forward: Any             # models.build.Forward (normalization included).
   variables: dict          # {"params", "batch_stats"}.
   arch: dict
   mean: tuple[float, ...]
@@ -35,31 +36,27 @@ class Model:
   has_head: bool           # Its head predicts the source's labels (LEEP and NCE read them).
 
 
-def load_model(source: str, config, *, seed: int = 0) -> Model:
-  """The source checkpoint `source` (any format jtl reads), or a random init of config's
-  architecture when `source` is "" or "random": the features a from-scratch run starts from
+def load_model(checkpoint: str, config, *, seed: int = 0) -> Model:
+  """The weights in `checkpoint` (a path in any format jtl reads), or a random init of
+  config's architecture when `checkpoint` is "" or "random": the features a from-scratch run starts from
   (with model "auto", config.init's architecture)."""
-  random = source in ("", "random")
+  random = checkpoint in ("", "random")
   if random:
     params, stats = {}, {}
     meta = convert.load(config.init)[2] if config.model.name == "auto" and config.init else {}
   else:
-    params, stats, meta = convert.load(source)
-  arch = train.architecture(config, meta)
-  mean = config.data.mean or meta.get("data", {}).get("mean") or (0.5,) * config.data.channels
-  std = config.data.std or meta.get("data", {}).get("std") or (0.5,) * config.data.channels
+    params, stats, meta = convert.load(checkpoint)
   head = meta.get("model", {}).get("num_classes") or 0    # 0: a checkpoint without a head.
-  model = models.get_model(arch["name"], num_classes=max(head, 1), small_stem=arch["small_stem"],
-                           width=arch["width"], dtype=jnp.dtype(config.model.dtype))
-  dummy = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(seed), dummy)
+  built = build.build(config, meta, max(head, 1), jax.random.key(seed))
+  variables = built.variables
   if not random:   # Merged as a transfer would, so a checkpoint that does not fit says so.
     # A domain-adaptation run's domain head is not part of the classifier.
-    variables, _ = convert.load_into(variables, (params, stats, meta), zero_head=False, name=source,
+    variables, _ = convert.load_into(variables, (params, stats, meta), zero_head=False,
+                                     name=checkpoint,
                                      dont_load=(f"{adapt.HEAD}/.*",) + (() if head else ("head/.*",)))
-  return Model("random" if random else source, train.make_apply_fn(model, mean, std, ()),
+  return Model("random" if random else checkpoint, built.forward,
                {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
-               arch, tuple(mean), tuple(std), has_head=bool(head) and not random)
+               built.arch, built.mean, built.std, has_head=bool(head) and not random)
 
 
 @functools.partial(jax.jit, static_argnames=("forward", "layers", "pool"))

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
-import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -40,7 +39,9 @@ from typing import Sequence
 
 import numpy as np
 
+from jtl import config as config_lib
 from jtl import data, models
+from jtl import strategy as strategy_lib
 from jtl.diagnose import estimate, features, transferability
 
 RANGE_STEPS = 30        # Steps of the lr range test.
@@ -66,15 +67,29 @@ def cut_of(strategy: str) -> str | None:
   return CUTS[first - 1] if first else None
 
 
-def _trained_from(strategy: str) -> int:
-  """The first layer (index into CUTS) that `strategy` trains; None for one it cannot place."""
-  if strategy in ("full_finetune", "scratch", "l2_sp", "lp_ft", "discriminative"):
-    return 0
-  if strategy == "linear_probe":
-    return len(CUTS)
-  if strategy.startswith("partial:"):
-    return int(strategy.split(":")[1]) + 1
-  return None
+@functools.cache
+def _trained_from(name: str) -> int | None:
+  """The first layer (index into CUTS) that strategy `name` trains, as its phases say
+  (strategy.frozen_prefix, which the prefix cache reads too); None for a name that is
+  no preset. Strategies name stages, not blocks, so any ResNet's paths place them."""
+  cfg = config_lib.base_config().strategy
+  cfg.name = "full_finetune" if name == "l2_sp" else name   # A study's name: fine-tuning + L2-SP.
+  try:
+    strat = strategy_lib.resolve(cfg, _resnet_params(), total_steps=100)
+  except ValueError:
+    return None
+  fixed = strategy_lib.frozen_prefix(strat)
+  return len(CUTS) if fixed == len(models.STAGES) else fixed
+
+
+@functools.cache
+def _resnet_params():
+  """A ResNet-18's parameter shapes (no arrays): the paths strategy rules match."""
+  import jax
+  import jax.numpy as jnp
+  model = models.get_model("resnet18", num_classes=2, small_stem=True, width=0.125)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                        jnp.zeros((1, 8, 8, 3)))["params"]
 
 
 def closest(strategy: str, among: Sequence[str]) -> str:
@@ -137,7 +152,7 @@ def choose(signals: dict, among: Sequence[str] = ()) -> tuple[str, str | None, l
     cut = min(general, DEEPEST_CUT, key=CUTS.index)
     why.append(f"the deepest layer within one s.e. of the peak is {general}: the source's "
                f"features are still general there; frozen through {cut}"
-               + (f" (the last stage always tunes)" if cut != general else ""))
+               + (" (the last stage always tunes)" if cut != general else ""))
   strategy = closest(strategy_for(cut), among)
   if strategy != strategy_for(cut):
     why.append(f"{strategy_for(cut)} is not among the candidates; {strategy} is the closest that "
@@ -150,7 +165,7 @@ def lr_range_test(config, strategy: str, *, steps: int = RANGE_STEPS, top: float
   """Trains `strategy` for `steps` steps with the lr rising geometrically to `top` (in a
   temporary workdir, through the real trainer); returns the (lr, loss) curve and the
   suggested lr and range."""
-  from jtl import train
+  from jtl import train, writers
   cfg = copy.deepcopy(config)
   cfg.unlock()
   cfg.strategy.name = strategy
@@ -166,8 +181,7 @@ def lr_range_test(config, strategy: str, *, steps: int = RANGE_STEPS, top: float
         train.train_and_evaluate(cfg, workdir)
     except FloatingPointError:
       pass    # The loss diverged at a high lr: the curve so far is what the test needs.
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+    rows = writers.read_metrics(workdir)
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   curve = [(max(v for k, v in r.items() if k.startswith("train/lr/")), r["train/loss"])

@@ -226,6 +226,10 @@ def knn_probe(train_x, train_y, test_x, test_y, k: int = 1) -> float:
 
   >>> knn_probe(train_x, train_y, test_x, test_y, k=5)
   """
+  # Hand-written on purpose, not scikit-learn's: KNeighborsClassifier breaks a tied vote
+  # toward the lowest class label, not the nearest neighbour's class, and NearestNeighbors
+  # orders equal distances (duplicate images give identical features) as its partial sort
+  # leaves them, not first in train order, so on ties both give other results than this.
   train_x, train_y, test_x, test_y = _split(train_x, train_y, test_x, test_y)
   train_y, num_classes = _labels(train_y, len(train_x), "train_x")
   unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)

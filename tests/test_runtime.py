@@ -1,0 +1,33 @@
+"""What a run holds of the process: signal handlers, the workdir lock, the checkpoint manager."""
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from jtl import runtime, train, workdir
+
+from test_train import tiny_config
+
+
+def test_preemption_turns_sigterm_into_a_flag_and_restores_the_handler():
+  before = signal.getsignal(signal.SIGTERM)
+  with runtime.Preemption() as preemption:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert preemption.requested == "SIGTERM"
+    stop = preemption.stop(7, "runs/x")
+    assert stop.code == 143 and "SIGTERM at step 7" in str(stop)
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_failed_restore_releases_the_workdir(source_run, tmp_path):
+  # A checkpoint of another width cannot be restored into this model: the run fails, and
+  # the lock it took is given back, so the next run on the workdir is not refused.
+  run = str(tmp_path / "run")
+  shutil.copytree(source_run, run)
+  wider = tiny_config(total_steps=2, **{"model.width": 0.25, "allow_changed": ("model.width",)})
+  with pytest.raises(Exception):
+    train.train_and_evaluate(wider, run)
+  assert not os.path.exists(os.path.join(run, workdir.LOCK))
+  workdir.lock(run)()   # Free to take.
