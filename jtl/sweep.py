@@ -137,7 +137,10 @@ class Report:
   (e.g. a base model trained on the target alone) whose cells are paired by seed; x:
   an axis to plot accuracy against; select_on: the result a `select` maximizes (e.g.
   "target_val_accuracy", a labeled target carve); columns: further results shown as
-  means (e.g. ("source_test_accuracy",)).
+  means (e.g. ("source_test_accuracy",)); tune_seeds: seeds whose validation results
+  make the `select` choice and which are then left out of every reported mean and
+  difference (so no seed both tunes and reports); margin: the equivalence margin (e.g.
+  0.02, two points) below which a TOST may call a difference "indistinguishable".
   """
   stage: str
   compare: str
@@ -148,6 +151,8 @@ class Report:
   x: str | None = None
   select_on: str = "val_accuracy"
   columns: tuple[str, ...] = ()
+  tune_seeds: tuple[int, ...] = ()
+  margin: float | None = None
   title: str = ""
   notes: str = ""
 
@@ -254,6 +259,12 @@ def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
     if study.report.stage not in stages or missing or study.report.reference not in stages | {None}:
       raise ValueError(f"study {study.name}: report names stage {study.report.stage!r} and "
                        f"axes {missing or wanted}, which its grid does not have.")
+    from jtl.report import stats
+    stats.check_select_on(study.report.select_on)
+    seeds = {c.labels.get("seed") for c, _ in out if c.stage == study.report.stage}
+    if study.report.tune_seeds and not seeds - set(study.report.tune_seeds):
+      raise ValueError(f"study {study.name}: every seed of stage {study.report.stage!r} is a "
+                       "tuning seed (report tune_seeds); add seeds to report on.")
   return out
 
 

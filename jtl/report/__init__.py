@@ -6,8 +6,11 @@ Reads only DIR/results.jsonl and DIR/study.json (written by jtl/sweep.py; file n
 jtl/results.py), so a table can be remade without JAX. Per compared value (e.g. strategy)
 and split (e.g. shots), the selected hyperparameter (e.g. lr) is the one with the best mean
 validation accuracy over seeds — never test accuracy — and the table shows it. Intervals
-are Student t over seeds. Paired differences compare two strategies on the same seeds;
-"A beats B" is written only where the 95% interval excludes 0.
+are Student t over seeds. Paired differences compare two strategies on the same seeds; a
+table's differences are one family, and "A beats B" is written only where the paired
+t-test's Holm-adjusted p-value is below 0.05 ("indistinguishable" only from a TOST against
+the study's declared margin). A choice at the edge of its grid is marked, and so is every
+verdict that rests on one; with tune_seeds, the choice is made on seeds that are not reported.
 
   stats.py     intervals, paired differences, verdicts, the choice on validation accuracy
   markdown.py  the tables and RESULTS.md's text
@@ -31,13 +34,14 @@ from jtl.report import plots
 from jtl.report.markdown import (diagnostics_table, first_step_lines, results_md, signed_ci,
                                  tables)
 from jtl.report.plots import plot
-from jtl.report.stats import METRIC, SELECT_ON, mean_ci, paired, select, verdict
+from jtl.report.stats import (METRIC, SELECT_ON, family_verdicts, holm, mean_ci, paired, select,
+                              tost_p, verdict)
 from jtl.results import DIAGNOSTICS, PICTURES, RESULTS_MD
 
 __all__ = [
   "DIAGNOSTICS", "METRIC", "PICTURES", "RESULTS_MD", "SELECT_ON", "diagnostics_section",
-  "first_step_lines", "main", "mean_ci", "paired", "plot", "select", "signed_ci", "tables",
-  "verdict", "write_report",
+  "family_verdicts", "first_step_lines", "holm", "main", "mean_ci", "paired", "plot", "select",
+  "signed_ci", "tables", "tost_p", "verdict", "write_report",
 ]
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
-from jtl.report.stats import (METRIC, SELECT_ON, group_key, mean_ci, mean_of, paired, select,
-                              stage_mean, verdict)
+from jtl.report.stats import (METRIC, SELECT_ON, family_verdicts, group_key, mean_ci, mean_of,
+                              paired, select, stage_mean)
 from jtl.results import RESULTS
 
 
@@ -45,7 +45,12 @@ def words(key: str) -> str:
 
 def _choice_text(c: dict) -> str:
   others = ", ".join(f"{k}: {100 * v:.1f}" for k, v in c["val"].items())
-  return f"{c['choice']} (val % — {others})" if len(c["val"]) > 1 else str(c["choice"])
+  edge = " **edge of grid**" if c.get("edge") else ""
+  return f"{c['choice']}{edge} (val % — {others})" if len(c["val"]) > 1 else str(c["choice"])
+
+
+def _p(p: float | None) -> str:
+  return "–" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -91,27 +96,45 @@ def tables(rows: list[dict], spec: dict, reference: Sequence[dict] = ()
   diffs = []
   base = spec.get("reference") or spec.get("baseline")
   if base:
-    dl = [_row([*by, "difference", "seeds", "mean [95% CI], points", "verdict"]),
-          "|" + "---|" * (len(by) + 4)]
     for split in splits:
       b_rows = _baseline_rows(chosen, split, spec, list(reference))
       if not b_rows:
         continue
+      b_edge = bool((chosen.get((*split, base)) or {}).get("edge"))
       for name in order:
         a = chosen.get((*split, name))
         if name == base or not a:
           continue
         d = paired(a["rows"], b_rows)
-        d |= {"split": dict(zip(by, split)), "a": name, "b": base,
-              "verdict": verdict(name, base, d["lo"], d["hi"], len(d["seeds"]))}
-        diffs.append(d)
-        dl.append(_row([*map(str, split), f"{name} − {base}", str(len(d["seeds"])),
-                        signed_ci(d["mean"], d["lo"], d["hi"]), d["verdict"]]))
+        edges = [n for n, e in ((name, a.get("edge")), (base, b_edge)) if e]
+        diffs.append(d | {"split": dict(zip(by, split)), "a": name, "b": base,
+                          "edge_arms": edges})
+    # The whole table of differences is one family: Holm over all of them.
+    family_verdicts(diffs, [(d["a"], d["b"]) for d in diffs], margin=spec.get("margin"))
+    head = [*by, "difference", "seeds", "mean [95% CI], points", "p", "Holm p"]
+    head += ["TOST Holm p"] if spec.get("margin") else []
+    dl = [_row(head + ["verdict"]), "|" + "---|" * (len(head) + 1)]
+    for d in diffs:
+      dl.append(_row([*map(str, d["split"].values()), f"{d['a']} − {d['b']}",
+                      str(len(d["seeds"])), signed_ci(d["mean"], d["lo"], d["hi"]), _p(d["p"]),
+                      _p(d["p_holm"])] + ([_p(d["tost_p_holm"])] if spec.get("margin") else [])
+                     + [verdict_text(d)]))
     lines += ["", f"Paired differences against `{base}`"
               + (" (the reference stage)" if spec.get("reference") else "")
-              + " on the same seeds (the same data draw); test accuracy, percentage points:",
-              ""] + dl
+              + " on the same seeds (the same data draw); test accuracy, percentage points. "
+              f"The {len(diffs)} differences are one family: verdicts use Holm-adjusted "
+              "p-values (paired t-tests)" + (f", and 'indistinguishable' a Holm-adjusted TOST "
+                                             f"against ±{100 * spec['margin']:.1f} points"
+                                             if spec.get("margin") else "") + ":", ""] + dl
   return "\n".join(lines), diffs
+
+
+def verdict_text(d: dict) -> str:
+  """A difference's verdict, with a warning when an arm's choice sits at the edge of its grid."""
+  if not d.get("edge_arms"):
+    return d["verdict"]
+  return (d["verdict"] + f" (rests on {', '.join(d['edge_arms'])} chosen at the edge of "
+          "its grid)")
 
 
 def _split_words(split: dict) -> str:
@@ -131,10 +154,13 @@ def results_md(study: dict, spec: dict, rows: list[dict], table: str, diffs: lis
                "choice are shown. ") if spec.get("select") else ""
   lines += ["Test accuracy in percent over seeds: mean ± half-width of the 95% Student-t "
             f"interval [low, high]. {chosen_on}"
-            "A claim that one strategy beats another is made only where the paired interval "
-            "excludes 0.", "", table, ""]
+            "A claim that one strategy beats another is made only where the paired difference's "
+            "Holm-adjusted p-value (over the table's family of differences) is below 0.05; a "
+            "choice at the edge of its grid is marked, and so is a verdict that rests on one.",
+            "", table, ""]
   verdicts = [f"- {d['a']} − {d['b']}" + (f" at {_split_words(d['split'])}" if d["split"] else "")
-              + f": {d['verdict']} ({signed_ci(d['mean'], d['lo'], d['hi'])} points)"
+              + f": {verdict_text(d)} ({signed_ci(d['mean'], d['lo'], d['hi'])} points, "
+              f"Holm p {_p(d['p_holm'])})"
               for d in diffs]
   if verdicts:
     lines += ["## What the intervals allow", ""] + verdicts + [""]
@@ -153,7 +179,7 @@ def results_md(study: dict, spec: dict, rows: list[dict], table: str, diffs: lis
                  f"jax {run['jax']} / jaxlib {run['jaxlib']}, {run['device']}, {run['host']}")
   lines += ["", f"Cells: {len(rows)} rows in `{RESULTS}`; per-cell workdirs under "
             "`{stage}/{cell}/`. Float results differ across CPUs: another machine gives other "
-            "numbers; a conclusion here is one whose interval excludes 0."]
+            "numbers; a conclusion here is one whose family-adjusted verdict says so."]
   return "\n".join(lines) + "\n"
 
 
