@@ -119,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
       shots=ml_collections.FieldReference(None, field_type=int),
       val_per_class=0, skip_corrupt=False,
       image_size=224, channels=3, augment=True, batch_size=128, eval_batch_size=256,
+      # More test sets, scored at the end as summary["test_accuracy@NAME"]: datasets over the
+      # same classes, e.g. ("fashion_mnist+shift:blur:3",) for out-of-distribution accuracy.
+      extra_test=(),
       # A frozen prefix (linear_probe, partial:N) on un-augmented images is computed once and
       # cached: "auto", "never", or "no_augment" (cache it, dropping augmentation).
       cache_prefix="auto",

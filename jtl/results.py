@@ -36,8 +36,9 @@ def result_row(cell: Any, summary: Mapping[str, Any]) -> dict:
   """A cell's row: its stage, name, axis labels and fields, ROW_KEYS of its summary, workdir.
 
   `cell` is a jtl.sweep.Cell (anything with stage, name, labels, fields and workdir)."""
+  extra = {k: v for k, v in summary.items() if k.startswith("test_accuracy@")}   # More test sets.
   return {"stage": cell.stage, "cell": cell.name, **cell.labels, "fields": cell.fields,
-          **{k: summary.get(k) for k in ROW_KEYS}, "workdir": cell.workdir}
+          **{k: summary.get(k) for k in ROW_KEYS}, **extra, "workdir": cell.workdir}
 
 
 def read_results(root: str) -> list[dict]:

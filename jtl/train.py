@@ -264,6 +264,22 @@ def training_data(config, built, variables, strat, train_split, adaptation):
   return ds, cached_from
 
 
+def extra_test_splits(config, num_classes: int) -> dict:
+  """The test splits of config.data.extra_test (e.g. the target under a corruption), over
+  config.data's classes: scored once at the end, as out-of-distribution accuracy."""
+  out = {}
+  for name in config.data.extra_test:
+    split = data.make_splits({"name": name, "data_dir": config.data.data_dir,
+                              "classes": config.data.classes,
+                              "skip_corrupt": config.data.skip_corrupt}, seed=config.seed)["test"]
+    if split.num_classes != num_classes:
+      raise ValueError(f"config field data.extra_test names {name!r}, which has "
+                       f"{split.num_classes} classes; data.name={config.data.name!r} has "
+                       f"{num_classes}.")
+    out[name] = split
+  return out
+
+
 def check_batch_sizes(config) -> None:
   """Global batches split evenly over the devices (and accumulation's micro-batches)."""
   accum, devices = config.optim.accum_steps, jax.device_count()
@@ -311,9 +327,10 @@ class Validation:
         self.best = (step, result["accuracy"])
 
 
-def summarize(config, workdir, state, test, *, validation, adaptation, labeled_test,
+def summarize(config, workdir, state, test, *, extra, validation, adaptation, labeled_test,
               train_examples, test_examples, timing, strat, cached_from, skipped) -> dict:
-  """summary.json: test accuracy, validation, timing, sizes, and adaptation's fields."""
+  """summary.json: test accuracy (and each extra test set's), validation, timing, sizes,
+  and adaptation's fields."""
   train_time, first_step_s, images_seen = timing
   summary = {
       "workdir": workdir, "steps": config.total_steps,
@@ -331,6 +348,7 @@ def summarize(config, workdir, state, test, *, validation, adaptation, labeled_t
       "prefix_cached_through": cached_from,   # Trained on cached activations after this layer.
       "skipped_files": skipped,
   }
+  summary |= {f"test_accuracy@{name}": result["accuracy"] for name, result in extra.items()}
   if validation.best is not None:
     summary |= {"val_accuracy": validation.last["val"]["accuracy"],
                 "best_val_step": validation.best[0], "best_val_accuracy": validation.best[1]}
@@ -357,6 +375,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_classes = splits["train"].num_classes
   # Domain adaptation: the target's unlabeled train images, val carve and test split.
   adaptation = adapt.Adaptation.from_config(config, num_classes)
+  extra_tests = extra_test_splits(config, num_classes)   # Scored at the end (e.g. OOD).
 
   # ---- Model, strategy and source weights -------------------------------------
   # The checkpoint to start from, in any format jtl reads (a jtl run, hf:, torchvision:, ...).
@@ -444,7 +463,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if adaptation:   # The labeled domain's own test split, beside the target's.
       labeled_test = evaluate(eval_step_fn, state, splits["test"], config, put)
       writer.write(config.total_steps, {f"test_source/{k}": v for k, v in labeled_test.items()})
-    summary = summarize(config, workdir, state, test, validation=validation,
+    extra = {name: evaluate(eval_step_fn, state, split, config, put)
+             for name, split in extra_tests.items()}
+    for name, result in extra.items():
+      writer.write(config.total_steps, {f"test_extra/{name}/{k}": v for k, v in result.items()})
+    summary = summarize(config, workdir, state, test, extra=extra, validation=validation,
                         adaptation=adaptation, labeled_test=labeled_test,
                         train_examples=len(splits["train"]), test_examples=len(test_split),
                         timing=(train_time, first_step_s, images_seen), strat=strat,
