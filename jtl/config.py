@@ -135,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
   # orbax:), or "" to start from scratch.
   c.init = ""
   c.dont_load = ("head/.*",)   # Re-initialized on transfer instead of loaded.
+  # The seed of the random init (new head, re-initialized layers); None: config.seed. A
+  # transfer from a model trained with the same seed would otherwise re-draw exactly that
+  # model's own initial weights (Yosinski's BnB re-initializes independently).
+  c.init_seed = ml_collections.FieldReference(None, field_type=int)
   c.zero_head = False          # Zero the re-initialized head (as BiT does).
 
   # A preset name (see jtl/strategy.py) or explicit rules; the preset's knobs below.

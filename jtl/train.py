@@ -264,6 +264,15 @@ def training_data(config, built, variables, strat, train_split, adaptation):
   return ds, cached_from
 
 
+def rngs(config) -> tuple[jax.Array, jax.Array]:
+  """(the random init's key, the steps' key): both from config.seed, unless config.init_seed
+  draws the init apart from the data order and dropout."""
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  if config.init_seed is not None:
+    init_rng = jax.random.split(jax.random.key(config.init_seed))[0]
+  return init_rng, step_rng
+
+
 def extra_test_splits(config, num_classes: int) -> dict:
   """The test splits of config.data.extra_test (e.g. the target under a corruption), over
   config.data's classes: scored once at the end, as out-of-distribution accuracy."""
@@ -380,7 +389,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Model, strategy and source weights -------------------------------------
   # The checkpoint to start from, in any format jtl reads (a jtl run, hf:, torchvision:, ...).
   init = convert.load(config.init) if config.init else ({}, {}, {})
-  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  init_rng, step_rng = rngs(config)
   built = model_build.build(config, init[2], num_classes, init_rng)
   variables, strat, loaded, anchor = initial_weights(config, built, init, init_rng)
   train_ds, cached_from = training_data(config, built, variables, strat, splits["train"],

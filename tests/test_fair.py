@@ -1,11 +1,16 @@
-"""More test sets scored at the end of a run (data.extra_test): out-of-distribution accuracy."""
+"""What fair comparisons need of a run: more test sets scored at the end (data.extra_test,
+e.g. out-of-distribution accuracy), and a random init drawn apart from the seed (init_seed)."""
 
 import json
 import os
 
+import flax.traverse_util as tu
+import jax
+import numpy as np
 import pytest
 
 from jtl import results, train, writers
+from jtl.models import build as model_build
 
 from test_train import tiny_config
 
@@ -34,3 +39,18 @@ def test_an_unknown_extra_test_set_fails_before_training(tmp_path):
   with pytest.raises((ValueError, FileNotFoundError), match="no_such_dataset_here"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_init_seed_draws_the_reinitialized_layers_apart_from_the_seed():
+  # BnB as Yosinski ran it: a transfer from B (trained from seed s's init) must not re-draw
+  # B's own initial upper layers. Same seed, another init_seed: other weights, same data order.
+  def init(config):
+    init_rng, step_rng = train.rngs(config)
+    params = model_build.build(config, {}, 5, init_rng).variables["params"]
+    return tu.flatten_dict(params, sep="/"), jax.random.key_data(step_rng)
+  (b, b_steps), (same, _) = init(tiny_config()), init(tiny_config(init_seed=0))
+  (other, other_steps) = init(tiny_config(init_seed=1000))
+  assert all(np.array_equal(b[k], same[k]) for k in b)          # None: the seed's own init.
+  assert not np.array_equal(b["stage4/block1/conv2/kernel"], other["stage4/block1/conv2/kernel"])
+  assert not np.array_equal(b["head/kernel"], other["head/kernel"])
+  np.testing.assert_array_equal(b_steps, other_steps)
