@@ -97,7 +97,8 @@ class Jtl:
   def __init__(self, shape: Shape):
     import jax
     import numpy as np
-    from jtl import models, train
+    from jtl import models
+    from jtl.models import build
     self.shape, self.jax = shape, jax
     self.model = models.get_model(shape.model, num_classes=shape.num_classes,
                                   small_stem=shape.small_stem, width=shape.width)
@@ -108,7 +109,7 @@ class Jtl:
     self.state = make_state(self.model, self.variables, "full_finetune", shape.num_classes,
                             shape.channels)
     self.step = None   # Compiled on first use: the frozen part needs only the forward pass.
-    forward = train.make_apply_fn(self.model, self.mean, self.std, ())
+    forward = build.forward(self.model, self.mean, self.std)
     t = time.perf_counter()
     self.forward = jax.jit(lambda v, x: forward(v, x, train=False)[0]).lower(
         self.variables, self.batch["image"]).compile()
@@ -159,21 +160,22 @@ def random_batch(shape: Shape, rng) -> dict:
 
 def make_state(model, variables, strategy_name: str, num_classes: int, channels: int):
   """A TrainState of strategy `strategy_name` with the base config's optimizer (SGD momentum),
-  built as the trainer builds it, on a copy of `variables` so that donating it keeps them."""
+  built by the trainer's own create_state, on a copy of `variables` so that donating it
+  keeps them."""
   import jax
   import jax.numpy as jnp
   from jtl import strategy, train
   from jtl.config import base_config
+  from jtl.models import build
   config = base_config()
   config.total_steps = 100
   config.strategy.name = strategy_name
-  params, batch_stats = jax.tree.map(jnp.copy, (variables["params"], variables["batch_stats"]))
-  phase = strategy.resolve(config.strategy, params, config.total_steps).phases[0]
-  fields, _ = train.phase_fields(config, model, phase, (0.5,) * channels, (0.5,) * channels)
-  return train.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=fields["tx"].init(params), loss_fn=train.make_loss_fn(config.loss, num_classes),
-      **fields)
+  variables = jax.tree.map(jnp.copy, {"params": variables["params"],
+                                      "batch_stats": variables["batch_stats"]})
+  phase = strategy.resolve(config.strategy, variables["params"], config.total_steps).phases[0]
+  forward = build.forward(model, (0.5,) * channels, (0.5,) * channels)
+  state, _ = train.create_state(config, forward, variables, phase, num_classes=num_classes)
+  return state
 
 
 # ---------------------------------------------------------------------------

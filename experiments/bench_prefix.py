@@ -36,13 +36,13 @@ def main(argv=None):
 
   import numpy as np
   import flax.traverse_util as tu
-  from jtl import checkpoint, train
+  from jtl import checkpoint, runtime, train
   from jtl.config import base_config
 
   shutil.rmtree(args.workdir, ignore_errors=True)
   os.makedirs(args.workdir)
   os.environ["JTL_PREFIX_CACHE"] = tempfile.mkdtemp(prefix="jtl-prefix-")
-  train.enable_compilation_cache()
+  runtime.enable_compilation_cache()
 
   def config(**fields):
     c = base_config()

@@ -40,7 +40,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from jtl import report, results, sweep, train
+from jtl import report, results, runtime, sweep, train
 from jtl.diagnose import estimate, recommend, transferability
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
       f.write(text)
     print(text)
     return 0
-  train.enable_compilation_cache()
+  runtime.enable_compilation_cache()
   seeds = (0,) if args.quick else (0, 1, 2)
   t0 = time.time()
   prov = sweep.provenance(["./launch.sh", "experiments/diagnose.py", *(argv or sys.argv[1:])])

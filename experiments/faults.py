@@ -4,7 +4,7 @@ r"""Fault injection: kill, preempt, fill the disk and race runs; check every rec
   ./launch.sh experiments/faults.py --trials 5 --seed 1 --workdir runs/faults
   ./launch.sh experiments/faults.py --faults kill,sigterm   # some of them
 
-A short real run (configs/source.py on 8x8 digits: 12 steps, a checkpoint every 2,
+A short real run (configs/tiny.py, the tests' tiny run: 12 steps, a checkpoint every 2,
 validation every 4, a metrics row every step) is the reference; a second uninterrupted
 run is the control that shows two runs agree bit for bit. Each fault starts the same
 command as a subprocess in its own process group, injects the fault, reruns the command
@@ -41,9 +41,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "configs/source.py:dataset=digits,size=8,steps=12,batch=16,width=0.125"
-FIELDS = {"data.channels": 1, "data.augment": False, "data.val_per_class": 5,
-          "checkpoint_every": 2, "eval_every": 4, "log_every": 1, "progress": False}
+CONFIG = "configs/tiny.py"   # 8x8 digits, width 1/8, a metrics row every step.
+FIELDS = {"data.val_per_class": 5, "checkpoint_every": 2, "eval_every": 4}
 STEPS, EVAL_EVERY, CKPT_EVERY = 12, 4, 2
 TIMING = {"train/images_per_sec"}   # The one metric that differs between equal runs.
 SUMMARY = ("steps", "test_accuracy", "test_loss", "val_accuracy", "best_val_step",
@@ -60,7 +59,7 @@ class Lab:
   """The harness's workdir, the runs' environment and settings, and the reference run.
 
   own_caches: XLA and prefix caches under ROOT/cache, so that a kill mid-write cannot
-  damage ~/.cache/jtl (the tests share the user's, to skip the compile).
+  damage ~/.cache/jtl (the tests pass the caches of their session, tests/conftest.py).
   """
 
   def __init__(self, root: str, *, steps: int = STEPS, own_caches: bool = True):

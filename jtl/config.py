@@ -149,7 +149,9 @@ def base_config() -> ml_collections.ConfigDict:
       lr_decay=0.5,          # discriminative: lr x lr_decay per stage below the head.
       unfreeze_every=0,      # gradual_unfreeze: steps per stage (0: total_steps / 6).
       lp_steps=0,            # lp_ft: linear-probe steps (0: total_steps / 2).
+      lp_lr_mult=1.0,        # lp_ft: lr multiplier of the linear-probe phase.
       ft_lr_mult=0.1,        # lp_ft: lr multiplier of the fine-tuning phase.
+      ft_bn="auto",          # lp_ft: BatchNorm once everything trains: "auto" or "frozen".
       lr_mult=ml_collections.ConfigDict(),   # label -> lr multiplier (overrides the preset's).
       labels=ml_collections.ConfigDict()))   # label -> {weight_decay, schedule} overrides.
 

@@ -55,7 +55,7 @@ def resolve(config):
   for phase in strat.phases:   # Optimizer, schedule and BatchNorm settings are checked too.
     optim.make_optimizer(config.optim, phase.labels, config.total_steps, phase.lr_mult,
                          config.strategy.get("labels", {}))
-    strategy.bn_train_stages(phase.labels, config.strategy.bn)
+    phase.bn_train(config.strategy.bn)
   return arch, shapes, strat
 
 
@@ -71,7 +71,7 @@ def describe(config) -> str:
                                        phase.lr_mult, config.strategy.get("labels", {}))
     end = strat.phases[k + 1].start if k + 1 < len(strat.phases) else config.total_steps
     state_bytes = optim.state_bytes_per_label(jax.eval_shape(tx.init, shapes))
-    bn = strategy.bn_train_stages(phase.labels, config.strategy.bn)
+    bn = phase.bn_train(config.strategy.bn)
     lines += ["", f"phase {k}: from step {phase.start}; BatchNorm statistics update in "
               f"{', '.join(bn) or 'no stage'}",
               f"  {'label':<10} {'params':>12} {'fraction':>9} {'peak lr':>10} {'wd':>8} "

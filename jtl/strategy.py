@@ -42,6 +42,11 @@ class Phase:
   rules: tuple[tuple[str, str], ...]
   lr_mult: Mapping[str, float] = dataclasses.field(default_factory=dict)
   labels: Any = None      # Filled by `resolve`: a pytree like params holding labels.
+  bn: str | None = None   # This phase's BatchNorm mode (see bn_train_stages); None: the config's.
+
+  def bn_train(self, bn: str = "auto") -> tuple[str, ...]:
+    """The stages whose BatchNorm trains in this phase; `bn`: config.strategy.bn."""
+    return bn_train_stages(self.labels, self.bn or bn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +114,17 @@ def _gradual_unfreeze(arg, cfg, paths, total):
 
 
 def _lp_ft(arg, cfg, paths, total):
-  # Kumar et al. 2022: linear probe, then fine-tune everything at a lower rate.
+  # Kumar et al. 2022: linear probe, then fine-tune everything, each phase at its own rate
+  # (lr x lp_lr_mult, then lr x ft_lr_mult). ft_bn: how BatchNorm behaves once everything
+  # trains: "auto" (its statistics follow the target batches, renormalizing the features the
+  # probe was fitted to) or "frozen" (the source's statistics are kept throughout).
   lp_steps = int(arg) if arg else int(cfg.get("lp_steps", 0)) or total // 2
-  return [Phase(0, LINEAR_PROBE), Phase(lp_steps, FULL, {TRAIN: float(cfg.get("ft_lr_mult", 0.1))})]
+  ft_bn = cfg.get("ft_bn", "auto")
+  if ft_bn not in ("auto", "frozen"):
+    raise ValueError(f"config field strategy.ft_bn={ft_bn!r}; expected 'auto' or 'frozen'.")
+  return [Phase(0, LINEAR_PROBE, {TRAIN: float(cfg.get("lp_lr_mult", 1.0))}),
+          Phase(lp_steps, FULL, {TRAIN: float(cfg.get("ft_lr_mult", 0.1))},
+                bn=None if ft_bn == "auto" else "frozen")]
 
 
 PRESETS = {
@@ -140,7 +153,8 @@ DESCRIPTIONS = {
     "surgical": "surgical:STAGE: that stage and the head train (Lee et al. 2023)",
     "discriminative": "discriminative[:D]: everything, lr x D per stage below the head",
     "gradual_unfreeze": "gradual_unfreeze[:EVERY]: head first, one more stage every EVERY steps",
-    "lp_ft": "lp_ft[:STEPS]: linear probe, then everything at strategy.ft_lr_mult x lr",
+    "lp_ft": "lp_ft[:STEPS]: linear probe (lr x strategy.lp_lr_mult), then everything "
+             "(lr x strategy.ft_lr_mult; BatchNorm per strategy.ft_bn)",
     "bitfit": "biases (BatchNorm offsets) and the head (Ben Zaken et al. 2022)",
     "norm_only": "BatchNorm scales and offsets and the head",
 }
@@ -244,7 +258,7 @@ def frozen_prefix(strat: Strategy, bn: str = "auto") -> int:
   """
   fixed = len(STAGES)
   for phase in strat.phases:
-    trained = set(bn_train_stages(phase.labels, bn)) | {
+    trained = set(phase.bn_train(bn)) | {
         stage_of(p) for p, label in tu.flatten_dict(phase.labels, sep="/").items()
         if label != FREEZE}
     fixed = min(fixed, next((i for i, s in enumerate(STAGES) if s in trained), len(STAGES)))

@@ -32,7 +32,7 @@ from jtl import workdir as workdir_lib
 from jtl import writers
 from jtl.models import build as model_build
 from jtl.regularizers import make_penalty_term
-from jtl.runtime import Preempted, enable_compilation_cache, log   # Re-exported for callers.
+from jtl.runtime import log
 
 
 @struct.dataclass
@@ -178,7 +178,7 @@ def phase_fields(config, forward: model_build.Forward, phase: strategy.Phase,
   tx, hparams = optim.make_optimizer(config.optim, phase.labels, config.total_steps,
                                      phase.lr_mult, config.strategy.get("labels", {}))
   apply_fn = dataclasses.replace(
-      forward, bn_train=strategy.bn_train_stages(phase.labels, config.strategy.bn))
+      forward, bn_train=phase.bn_train(config.strategy.bn))
   terms = (make_penalty_term(config.reg, phase.labels, loaded, apply_fn, has_anchor),
            adapt.make_adapt_term(config.adapt, config.total_steps))
   return dict(tx=tx, frozen=strategy.frozen_paths(phase.labels), apply_fn=apply_fn,

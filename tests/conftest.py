@@ -1,6 +1,35 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files: this session's caches, and the tiny runs that
+several tests start from or compare with.
+
+Two tiers: `./launch.sh test -m "not slow"` leaves out the tests marked slow (see
+pyproject.toml); `./launch.sh test` runs them all, as CI does.
+"""
+
+import collections
 
 import pytest
+
+# A finished run: its workdir and the summary train_and_evaluate returned.
+Run = collections.namedtuple("Run", "workdir summary")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def caches(tmp_path_factory):
+  """Every cache a run reads or writes, in a folder of this session's own: the XLA
+  compilation cache (on from the first test, so no result depends on which test turned it
+  on), the frozen-prefix activations and the TFDS label cache. The first two are set in
+  os.environ, so that the processes the tests start use them too."""
+  from jtl import runtime
+  from jtl.data import sources
+  root = tmp_path_factory.mktemp("caches")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JTL_COMPILATION_CACHE", str(root / "xla"))
+    mp.setenv("JTL_PREFIX_CACHE", str(root / "prefix"))
+    # A module constant, not an environment variable: processes the tests start still
+    # use ~/.cache/jtl/labels (none of them reads a TFDS dataset).
+    mp.setattr(sources, "LABELS_CACHE", str(root / "labels"))
+    runtime.enable_compilation_cache()
+    yield root
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +40,14 @@ def source_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("source"))
   train.train_and_evaluate(tiny_config(total_steps=2), workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """tiny_config() trained without a break (8 steps, checkpoints at 4 and 8): what the
+  crash and SIGTERM resumes must equal, and a source to transfer from. Read it; never
+  write into it."""
+  from jtl import train
+  from test_train import tiny_config
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  return Run(workdir, train.train_and_evaluate(tiny_config(), workdir))

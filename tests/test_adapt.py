@@ -175,6 +175,7 @@ class PoisonedLabels(data.Source):
     return {"image": self.parent[i]["image"], "label": "not a label"}
 
 
+@pytest.mark.slow
 def test_a_dann_run_never_reads_target_labels(tmp_path, monkeypatch):
   real = adapt.target_splits
   monkeypatch.setattr(adapt, "target_splits", lambda config, n: {

@@ -16,6 +16,7 @@ def positive(x):
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 def test_bench_quick_small(tmp_path):
   # first_step is left out: it runs the trainer twice in subprocesses (~40 s on 2 cores).
   out = bench.main(["--quick", "--shapes", "small", "--batches", "small=16",
@@ -68,6 +69,7 @@ def test_bench_unknown_shape_refused():
     bench.main(["--shapes", "resnet19"])
 
 
+@pytest.mark.slow
 def test_bench_gpu_dry_run(tmp_path):
   out = bench_gpu.main(["--dry_run", "--model", "resnet18", "--workdir", str(tmp_path)])
   assert json.loads((tmp_path / "bench_gpu.json").read_text())["dry_run"] is True

@@ -14,6 +14,7 @@ def run_main(*args, workdir):
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--config=configs/source.py", "--config.optim.lrr=0.1"],
      "unknown config field 'lrr' (did you mean 'lr'?)"),
@@ -37,10 +38,10 @@ def test_bad_input_fails_with_one_sentence(args, expected, tmp_path):
   assert not tmp_path.exists()   # Refused before any work.
 
 
-TINY = ["--config=configs/source.py:dataset=digits,size=8,width=0.125,steps=400,batch=16",
-        "--config.data.channels=1", "--config.data.val_per_class=0"]
+TINY = ["--config=configs/tiny.py"]
 
 
+@pytest.mark.slow
 def test_a_workdir_that_is_a_file_fails_with_one_sentence(tmp_path):
   (tmp_path / "file").write_text("x")
   result = run_main(*TINY, workdir=tmp_path / "file")
@@ -49,6 +50,7 @@ def test_a_workdir_that_is_a_file_fails_with_one_sentence(tmp_path):
   assert str(tmp_path / "file") in line and "is a file" in line
 
 
+@pytest.mark.slow
 def test_an_eval_batch_that_does_not_divide_over_the_devices_is_refused_before_work(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   result = subprocess.run([sys.executable, "-m", "jtl.main", *TINY, "--config.data.eval_batch_size=7",
@@ -145,6 +147,7 @@ def test_jtl_list_names_strategies_datasets_models_and_formats():
     assert name in text, name
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_130_in_one_line(tmp_path):
   """A first Ctrl-C finishes the step, writes a checkpoint and exits 130; the run resumes."""
   import signal
@@ -173,6 +176,7 @@ def test_ctrl_c_checkpoints_and_exits_130_in_one_line(tmp_path):
   assert lines[0].startswith("jtl: step 5/100000 ")
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
   """A real crash: the process gets SIGKILL mid-run; rerunning the command finishes it."""
   import signal
@@ -183,9 +187,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
 
   from jtl import checkpoint
   args = [sys.executable, "-m", "jtl.main",
-          "--config=configs/source.py:dataset=digits,size=8,width=0.125,steps=400,batch=16",
-          "--config.data.channels=1", "--config.data.val_per_class=0",
-          "--config.checkpoint_every=10", "--config.keep_checkpoints=2", "--config.progress=False"]
+          "--config=configs/tiny.py:steps=400",
+          "--config.checkpoint_every=10", "--config.keep_checkpoints=2"]
   run = lambda workdir, **kw: subprocess.Popen([*args, f"--workdir={workdir}"], cwd=ROOT,
                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
   killed = run(tmp_path / "killed")
@@ -224,6 +227,7 @@ def readme_commands() -> list[str]:
 LONG = ("./launch.sh test", "./launch.sh experiments/", "./launch.sh sweep experiments/strategy_ablation.py [")
 
 
+@pytest.mark.slow
 def test_readme_commands_work_in_order_or_fail_in_one_sentence(tmp_path):
   """Every README command, in README's order, in a fresh copy of the repo: training
   shortened to 2 steps. Each exits 0, or 2 with one sentence (e.g. a path that

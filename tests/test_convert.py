@@ -416,6 +416,7 @@ def test_new_head_via_dont_load(hf_built):
   assert np.std(np.asarray(fresh["head"]["kernel"])) > 0
 
 
+@pytest.mark.slow
 def test_transfer_run_starts_from_a_hugging_face_folder(hf_built, tmp_path):
   """configs' `init=hf:PATH`: the trainer loads the HF weights and their normalization."""
   from jtl import train

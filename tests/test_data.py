@@ -390,6 +390,7 @@ def test_eval_batches_cover_each_example_once():
   assert covered == list(range(33))
 
 
+@pytest.mark.slow
 def test_a_run_lists_and_counts_the_images_skip_corrupt_left_out(tmp_path):
   from jtl import data, train
   from test_train import tiny_config

@@ -62,6 +62,7 @@ def runs(tmp_path_factory, source_run):
     yield source_run, transfer, config
 
 
+@pytest.mark.slow
 def test_partial2_run_has_zero_drift_exactly_where_frozen(runs):
   _, transfer, _ = runs
   result = after.diagnose_run(transfer, probe=64, tsne=False)
@@ -87,6 +88,7 @@ def test_partial2_run_has_zero_drift_exactly_where_frozen(runs):
   assert os.path.exists(os.path.join(root, "diagnostics.png"))
 
 
+@pytest.mark.slow
 def test_estimate_scores_every_layer_and_reads_the_prefix_cache(runs, tmp_path):
   source, _, config = runs
   rows = estimate.estimate(config, [source, "random"], log=lambda _: None)
@@ -140,6 +142,7 @@ def test_recommendation_rule(src, rnd, per_class, among, want):
   assert (strategy, cut) == want and why
 
 
+@pytest.mark.slow
 def test_lr_range_test_runs_the_trainer_with_a_rising_lr(runs):
   source, _, config = runs
   result = recommend.lr_range_test(config, "partial:2", steps=4, top=1.0)

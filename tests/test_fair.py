@@ -15,6 +15,7 @@ from jtl.models import build as model_build
 from test_train import tiny_config
 
 
+@pytest.mark.slow
 def test_extra_test_sets_are_scored_logged_and_kept_in_the_results_row(tmp_path):
   shifted = "digits+shift:invert:1"
   config = tiny_config(total_steps=2, **{"data.extra_test": ("digits", shifted)})
@@ -54,3 +55,18 @@ def test_init_seed_draws_the_reinitialized_layers_apart_from_the_seed():
   assert not np.array_equal(b["stage4/block1/conv2/kernel"], other["stage4/block1/conv2/kernel"])
   assert not np.array_equal(b["head/kernel"], other["head/kernel"])
   np.testing.assert_array_equal(b_steps, other_steps)
+
+
+def test_lp_ft_phases_have_their_own_lr_and_an_explicit_batchnorm_choice():
+  from jtl import models, strategy
+  params = model_build.build(tiny_config(), {}, 5).variables["params"]
+  def phases(**knobs):
+    return strategy.resolve(tiny_config(**{"strategy.name": "lp_ft", **{
+        f"strategy.{k}": v for k, v in knobs.items()}}).strategy, params, 10).phases
+  probe, tune = phases(lp_lr_mult=3.0, ft_lr_mult=0.05)
+  assert probe.lr_mult == {"train": 3.0} and tune.lr_mult == {"train": 0.05}
+  assert probe.bn_train() == ()                   # The probe sees the source's statistics ...
+  assert tune.bn_train() == models.STAGES          # ... which "auto" then lets follow the target,
+  assert phases(ft_bn="frozen")[1].bn_train() == ()   # ... and "frozen" keeps.
+  with pytest.raises(ValueError, match="strategy.ft_bn"):
+    phases(ft_bn="sometimes")

@@ -37,6 +37,7 @@ def assert_recovered_identically(trial):
   assert trial["problems"] == []
 
 
+@pytest.mark.slow
 def test_kill9_mid_checkpoint_write_leaves_nothing_that_blocks_an_identical_resume(lab):
   trial, shot = faults.inject(lab, "kill -9", "kill_ckpt", signal.SIGKILL,
                               faults.writing_checkpoint(4))
@@ -47,6 +48,7 @@ def test_kill9_mid_checkpoint_write_leaves_nothing_that_blocks_an_identical_resu
   assert_recovered_identically(faults.recover(lab, trial["workdir"], trial, "kill_ckpt"))
 
 
+@pytest.mark.slow
 def test_kill9_during_validation_resumes_identically_and_logs_each_row_once(lab):
   trial, shot = faults.inject(lab, "kill -9", "kill_eval", signal.SIGKILL,
                               faults.logged(4, "train"))
@@ -55,6 +57,7 @@ def test_kill9_during_validation_resumes_identically_and_logs_each_row_once(lab)
   assert_recovered_identically(faults.recover(lab, trial["workdir"], trial, "kill_eval"))
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_its_test_row_reruns_to_the_same_summary_and_rows(lab):
   # What a kill between the final test row and summary.json leaves (or a finished run,
   # rerun): the rerun redoes the final evaluation only, keeping the validation it
@@ -73,6 +76,7 @@ def can_mount_tmpfs(path) -> bool:
   return ok
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_naming_the_path_keeps_the_last_checkpoint_and_resumes(lab, tmp_path):
   if not can_mount_tmpfs(tmp_path / "probe"):
     pytest.skip("mount -t tmpfs is not permitted (needs root)")

@@ -9,6 +9,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow   # A whole test session in a fresh process.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

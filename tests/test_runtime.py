@@ -21,6 +21,7 @@ def test_preemption_turns_sigterm_into_a_flag_and_restores_the_handler():
   assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.slow
 def test_a_failed_restore_releases_the_workdir(source_run, tmp_path):
   # A checkpoint of another width cannot be restored into this model: the run fails, and
   # the lock it took is given back, so the next run on the workdir is not refused.

@@ -80,6 +80,7 @@ np.savez(sys.argv[1] + ".npz", **tu.flatten_dict(checkpoint.load_model(sys.argv[
 """
 
 
+@pytest.mark.slow
 def test_data_parallel_over_eight_devices_matches_one(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   run = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / "eight")], cwd=ROOT,
@@ -98,30 +99,20 @@ def test_data_parallel_over_eight_devices_matches_one(tmp_path):
     np.testing.assert_allclose(eight[k], v, atol=1e-3, err_msg=k)
 
 
-TINY_CONFIG = """
-from jtl.config import base_config
-def get_config(arg=None):
-  c = base_config()
-  c.model.small_stem, c.model.width = True, 0.125
-  c.data.name, c.data.image_size, c.data.channels = "digits", 8, 1
-  c.data.classes, c.data.val_per_class = (0, 1, 2, 3, 4), 2
-  c.data.batch_size, c.data.eval_batch_size = 16, 64
-  c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 1, 0, 2
-  c.optim.warmup_steps, c.progress = 0, False
-  return c
-"""
+# configs/tiny.py for 4 steps, augmented: the processes must crop alike too.
+TINY = ["configs/tiny.py:steps=4", "--config.data.val_per_class=2", "--config.checkpoint_every=2",
+        "--config.data.augment=True"]
 
 
+@pytest.mark.slow
 def test_two_processes_started_by_launch_sh_agree_with_one(tmp_path):
-  config = tmp_path / "tiny.py"
-  config.write_text(TINY_CONFIG)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  two = subprocess.run(["bash", "launch.sh", "--processes", "2", str(config),
+  two = subprocess.run(["bash", "launch.sh", "--processes", "2", *TINY,
                         "--workdir", str(tmp_path / "two")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
   assert two.returncode == 0, two.stderr[-3000:]
   # The same two devices in one process: the same global batches and collectives.
-  one = subprocess.run([sys.executable, "-m", "jtl.main", f"--config={config}",
+  one = subprocess.run([sys.executable, "-m", "jtl.main", f"--config={TINY[0]}", *TINY[1:],
                         "--workdir", str(tmp_path / "one")], cwd=ROOT, capture_output=True,
                        text=True, timeout=600,
                        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
@@ -158,6 +149,7 @@ def test_the_cached_prefix_ends_where_the_strategy_stops_freezing(name, config, 
   assert start == want and bool(why) == (want is None)
 
 
+@pytest.mark.slow
 def test_training_on_the_cached_prefix_gives_the_same_parameters(source_run, tmp_path,
                                                                  monkeypatch):
   monkeypatch.setenv("JTL_PREFIX_CACHE", str(tmp_path / "cache"))

@@ -202,6 +202,7 @@ def _moved_between_checkpoints(workdir, steps):
   return out
 
 
+@pytest.mark.slow
 def test_lp_ft_switches_phase_at_the_configured_step(tmp_path, monkeypatch):
   traces = []
   real = train.train_step
@@ -221,6 +222,7 @@ def test_lp_ft_switches_phase_at_the_configured_step(tmp_path, monkeypatch):
     assert "train/lr/freeze" not in rows[step]
 
 
+@pytest.mark.slow
 def test_discriminative_logs_each_stage_lr(tmp_path):
   c = tiny_config(**{"strategy.name": "discriminative:0.5", "total_steps": 3,
                      "optim.schedule": "warmup_cosine", "optim.warmup_steps": 1})
@@ -235,6 +237,7 @@ def test_discriminative_logs_each_stage_lr(tmp_path):
   assert rows[-1]["train/lr/stem"] > 0
 
 
+@pytest.mark.slow
 def test_gradual_unfreeze_adds_one_stage_per_phase_top_down(tmp_path):
   c = tiny_config(**{"strategy.name": "gradual_unfreeze", "strategy.unfreeze_every": 1,
                      "total_steps": 7, "checkpoint_every": 1, "keep_checkpoints": 10})

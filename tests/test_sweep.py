@@ -14,33 +14,19 @@ from jtl import report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY_CONFIG = '''
-from jtl.config import base_config
-
-def get_config(arg=None):
-  c = base_config()
-  c.model.small_stem, c.model.width = True, 0.125
-  c.data.name, c.data.image_size, c.data.channels = "digits", 8, 1
-  c.data.classes = (0, 1, 2)
-  c.data.shots, c.data.val_per_class = 5, 5
-  c.data.batch_size, c.data.eval_batch_size = 15, 64
-  c.data.augment = False
-  c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 2, 0, 2
-  c.optim.warmup_steps = 0
-  c.progress = False
-  return c
-'''
+# configs/tiny.py on three classes, 5 shots each: 4 steps.
+TINY = "configs/tiny.py:classes=0-2,shots=5,batch=15,steps=4"
+TINY_FIELDS = {"data.val_per_class": 5, "log_every": 2, "checkpoint_every": 2}
 
 
 def write_study(tmp_path, grid="sweep.product(sweep.axis('strategy.name', ['linear_probe', "
                 "'full_finetune']), sweep.seeds(2))"):
-  (tmp_path / "tiny_config.py").write_text(TINY_CONFIG)
   study = tmp_path / "tiny_study.py"
   study.write_text(textwrap.dedent(f'''
       from jtl import sweep
       STUDY = sweep.Study(
           name="tiny",
-          stages=(sweep.Stage("target", {str(tmp_path / "tiny_config.py")!r}, grid={grid}),),
+          stages=(sweep.Stage("target", {TINY!r}, fixed={TINY_FIELDS!r}, grid={grid}),),
           report=sweep.Report(stage="target", compare="strategy", baseline="full_finetune"))
   '''))
   return str(study)
@@ -90,6 +76,7 @@ def test_print_commands_lists_one_launch_line_per_unfinished_cell(tmp_path, caps
                                         "strategy=linear_probe,seed=0"))
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_after_its_first_cell_does_not_redo_it(tmp_path):
   study_file = write_study(tmp_path)
   root = tmp_path / "out"

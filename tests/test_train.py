@@ -12,20 +12,13 @@ import pytest
 
 from jtl import checkpoint, models, runtime, strategy, train, workdir, writers
 from jtl.models import build as model_build
-from jtl.config import base_config
+from jtl.config import load_config
 
 
 def tiny_config(**overrides):
-  """A run small enough for CPU tests: 8x8 digits, a ResNet-18 of width 1/8."""
-  c = base_config()
-  c.model.small_stem, c.model.width = True, 0.125
-  c.data.name, c.data.image_size, c.data.channels = "digits", 8, 1
-  c.data.classes = (0, 1, 2, 3, 4)
-  c.data.batch_size, c.data.eval_batch_size = 16, 64
-  c.data.augment = False
-  c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 8, 1, 0, 4
-  c.optim.warmup_steps = 0
-  c.progress = False
+  """configs/tiny.py (8x8 digits, a ResNet-18 of width 1/8, 8 steps), with `overrides` as
+  dotted fields: tiny_config(total_steps=2, **{"optim.lr": 0.05})."""
+  c = load_config("configs/tiny.py")
   for key, value in overrides.items():
     target = c
     *parents, leaf = key.split(".")
@@ -93,8 +86,9 @@ def test_frozen_parameters_get_no_gradient():
     assert same == (path in frozen), path
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-  full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
+@pytest.mark.slow
+def test_resume_after_a_crash_matches_an_uninterrupted_run(reference_run, tmp_path, monkeypatch):
+  full = reference_run.summary
 
   real_write = writers.MetricWriter.write
   def crash_at_step_6(self, step, metrics):
@@ -108,7 +102,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
   assert checkpoint.manager(str(tmp_path / "resumed"), 4, 2).latest_step() == 4
 
   resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / "resumed"))
-  assert_trees_equal(params_of(tmp_path / "full"), params_of(tmp_path / "resumed"))
+  assert_trees_equal(params_of(reference_run.workdir), params_of(tmp_path / "resumed"))
   assert resumed["test_accuracy"] == full["test_accuracy"]
   # The log reads as one run: each step once, in metrics.jsonl and in TensorBoard.
   steps = [r["step"] for r in writers.read_metrics(tmp_path / "resumed") if "train/loss" in r]
@@ -135,8 +129,9 @@ def tensorboard_points(workdir):
   return out
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
-  train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(reference_run, tmp_path, monkeypatch):
+  handler = signal.getsignal(signal.SIGTERM)
   real_write = writers.MetricWriter.write
   def preempt_at_step_3(self, step, metrics):
     real_write(self, step, metrics)
@@ -147,11 +142,12 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
     train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
   monkeypatch.setattr(writers.MetricWriter, "write", real_write)
   assert checkpoint.manager(str(tmp_path / "run"), 4, 2).latest_step() == 3
-  assert signal.getsignal(signal.SIGTERM) is not None  # The handler was put back.
+  assert signal.getsignal(signal.SIGTERM) == handler  # The handler was put back.
   train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
-  assert_trees_equal(params_of(tmp_path / "full"), params_of(tmp_path / "run"))
+  assert_trees_equal(params_of(reference_run.workdir), params_of(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config(**{"optim.lr": 1e12, "optim.weight_decay": 0.0, "log_every": 4,
                           "total_steps": 40})
@@ -162,14 +158,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(v).all() for v in flat.values()), step
 
 
-def test_source_to_target_linear_probe_keeps_the_backbone(tmp_path):
-  source = train.train_and_evaluate(tiny_config(), str(tmp_path / "source"))
-  assert 0.0 <= source["test_accuracy"] <= 1.0
+@pytest.mark.slow
+def test_source_to_target_linear_probe_keeps_the_backbone(reference_run, tmp_path):
   target = tiny_config(**{"data.classes": (5, 6, 7, 8, 9), "data.shots": 4,
-                          "data.val_per_class": 2, "init": str(tmp_path / "source"),
+                          "data.val_per_class": 2, "init": reference_run.workdir,
                           "strategy.name": "linear_probe"})
   summary = train.train_and_evaluate(target, str(tmp_path / "target"))
-  src_params, src_stats = checkpoint.load_model(str(tmp_path / "source"))
+  src_params, src_stats = checkpoint.load_model(reference_run.workdir)
   tgt_params, tgt_stats = checkpoint.load_model(str(tmp_path / "target"))
   src, tgt = tu.flatten_dict(src_params, sep="/"), tu.flatten_dict(tgt_params, sep="/")
   for path in tgt:
@@ -183,6 +178,7 @@ def test_source_to_target_linear_probe_keeps_the_backbone(tmp_path):
   assert "best_val_accuracy" in summary
 
 
+@pytest.mark.slow
 def test_transfer_from_a_checkpoint_that_does_not_fit_fails_in_one_sentence(tmp_path):
   train.train_and_evaluate(tiny_config(total_steps=4), str(tmp_path / "source"))
   target = tiny_config(**{"model.width": 0.25, "init": str(tmp_path / "source")})
@@ -194,6 +190,7 @@ def test_transfer_from_a_checkpoint_that_does_not_fit_fails_in_one_sentence(tmp_
   assert "/kernel (checkpoint (3, 3, 8, 8), model (3, 3, 16, 16))" in message
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains_with_float32_params(tmp_path):
   summary = train.train_and_evaluate(tiny_config(**{"model.dtype": "bfloat16", "total_steps": 2}),
                                      str(tmp_path))
@@ -210,6 +207,7 @@ def test_too_few_images_for_the_shots_names_the_class_and_the_field():
                      seed=0)
 
 
+@pytest.mark.slow
 def test_predict_uses_the_checkpoints_own_classes_and_preprocessing(tmp_path):
   from PIL import Image
   from jtl import data, predict
@@ -269,6 +267,7 @@ def test_a_field_the_stored_run_predates_counts_as_its_default(tmp_path):
   assert workdir.config_changes(str(tmp_path), config) == ["adapt.method: 'none' -> 'coral'"]
 
 
+@pytest.mark.slow
 def test_resuming_under_other_settings_is_refused_unless_allowed(tmp_path):
   train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
   changed = tiny_config(total_steps=2, **{"optim.lr": 0.05})

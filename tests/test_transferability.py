@@ -195,7 +195,7 @@ def test_score_pools_maps_and_leaves_out_what_it_cannot_compute():
   assert scores["logme"][0] == pytest.approx(tr.logme(maps.mean(axis=(1, 2)), labels))
   assert [name for name, (value, _) in scores.items() if value is None] == [
       "leep", "nce", "ridge", "knn"]
-  assert all(seconds >= 0 for _, seconds in scores.values())
+  assert all(seconds > 0 for value, seconds in scores.values() if value is not None)
 
 
 def test_errors_name_the_problem():
