@@ -29,7 +29,10 @@ DIAGNOSTICS = "diagnostics.json"   # A cell's drift and CKA per stage (jtl/diagn
 ROW_KEYS = ("val_accuracy", "best_val_accuracy", "best_val_step", "test_accuracy", "test_loss",
             "train_time_s", "first_step_s", "images_per_sec", "trainable_params", "total_params",
             "optimizer_state_bytes", "steps", "train_examples", "test_examples",
-            "source_test_accuracy", "target_val_accuracy")   # Domain adaptation's (jtl/adapt.py).
+            "source_test_accuracy", "target_val_accuracy",   # Domain adaptation's (jtl/adapt.py),
+            # and its label-free scores on the unlabeled target images (jtl/adabn.py).
+            "target_entropy", "target_diversity", "target_im",
+            "diverged")   # A sweep cell whose loss diverged: its message.
 
 
 def result_row(cell: Any, summary: Mapping[str, Any]) -> dict:

@@ -118,6 +118,23 @@ def zipit(*grids: Sequence[Point]) -> list[Point]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Tuned:
+  """A field chosen on validation in an earlier stage, per setting.
+
+  `fixed={"optim.lr": Tuned("tune", "lr")}` sets each cell's lr to the value of axis `lr`
+  with the best mean `select_on` over stage "tune"'s cells that share this cell's other
+  axes (strategy, shots, ...; seeds aside), the rule `jtl report` selects by. The choice
+  joins the cell's labels and name (`strategy=scratch,seed=0,lr=0.01`), so a changed
+  choice is a new cell; until every one of those tuning cells has finished, the cell waits.
+  Give the tuning stage seeds of its own, and Report(tune_stage=...) to show each
+  candidate's validation mean beside the choice.
+  """
+  stage: str
+  axis: str
+  select_on: str = "val_accuracy"
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
   """A config (path[:arg]) and the grid of cells run from it; `fixed` fields apply to all."""
   name: str
@@ -139,7 +156,9 @@ class Report:
   "target_val_accuracy", a labeled target carve); columns: further results shown as
   means (e.g. ("source_test_accuracy",)); tune_seeds: seeds whose validation results
   make the `select` choice and which are then left out of every reported mean and
-  difference (so no seed both tunes and reports); margin: the equivalence margin (e.g.
+  difference (so no seed both tunes and reports); tune_stage: the stage whose cells chose a
+  `Tuned` field of this stage (its seeds become the tune seeds, its rows show each
+  candidate's validation mean); margin: the equivalence margin (e.g.
   0.02, two points) below which a TOST may call a difference "indistinguishable".
   """
   stage: str
@@ -152,6 +171,7 @@ class Report:
   select_on: str = "val_accuracy"
   columns: tuple[str, ...] = ()
   tune_seeds: tuple[int, ...] = ()
+  tune_stage: str | None = None
   margin: float | None = None
   title: str = ""
   notes: str = ""
@@ -176,6 +196,7 @@ class Cell:
   fields: dict          # Config field -> value, fixed fields included, templates filled.
   config: str           # path[:arg] of the base config.
   workdir: str
+  pending: bool = False   # A Tuned field whose tuning cells have not all finished.
 
   @property
   def finished(self) -> bool:
@@ -188,29 +209,60 @@ def _fmt(value) -> str:
 
 
 def cells(study: Study, root: str) -> list[Cell]:
-  """Every cell of every stage, in run order, with templates filled in."""
-  out = []
+  """Every cell of every stage, in run order, with templates filled in and Tuned fields
+  chosen from the finished cells of their tuning stage (see `Tuned`)."""
+  out, rows = [], None
   for stage in study.stages:
     seen = set()
     for point in stage.grid:
-      name = ",".join(f"{k}={_fmt(v)}" for k, v in point.labels.items()) or "run"
+      labels, fields, pending = dict(point.labels), {}, False
+      for field, value in {**stage.fixed, **point.fields}.items():
+        if isinstance(value, Tuned):
+          rows = read_results(root) if rows is None else rows
+          tuned, (value, waits) = value, _choose(study, stage, value, labels, rows, out)
+          labels[tuned.axis], pending = value, pending or waits
+        fields[field] = value
+      name = ",".join(f"{k}={_fmt(v)}" for k, v in labels.items()) or "run"
       if name in seen:
         raise ValueError(f"stage {stage.name!r}: two grid points are both named {name!r}.")
       seen.add(name)
-      env = {"root": root, **{k: _fmt(v) for k, v in point.labels.items()}}
-      fields = {}
-      for field, value in {**stage.fixed, **point.fields}.items():
+      env = {"root": root, **{k: _fmt(v) for k, v in labels.items()}}
+      for field, value in fields.items():
         if isinstance(value, str):
           try:
-            value = value.format(**env)
+            fields[field] = value.format(**env)
           except KeyError as e:
             raise ValueError(f"stage {stage.name!r}: field {field}={value!r} refers to "
                              f"{{{e.args[0]}}}, which is not an axis of this grid "
-                             f"({', '.join(point.labels) or 'none'}) nor root.") from None
-        fields[field] = value
-      out.append(Cell(stage.name, name, dict(point.labels), fields, stage.config,
-                      os.path.join(root, stage.name, name)))
+                             f"({', '.join(labels) or 'none'}) nor root.") from None
+      out.append(Cell(stage.name, name, labels, fields, stage.config,
+                      os.path.join(root, stage.name, name), pending))
   return out
+
+
+def _choose(study: Study, stage: Stage, tuned: Tuned, labels: dict, rows: list[dict],
+            earlier: list[Cell]) -> tuple[Any, bool]:
+  """(the value of `tuned.axis` chosen for a cell with these labels, whether it waits).
+
+  The candidates are the cells of stage `tuned.stage` whose labels agree with `labels` on
+  every axis the two share (seeds aside); while any of them is unfinished, the cell waits
+  and carries the first candidate's value, so that it can be validated."""
+  from jtl.report import stats
+  tuning = [c for c in earlier if c.stage == tuned.stage]
+  if not tuning:
+    raise ValueError(f"stage {stage.name!r}: Tuned({tuned.stage!r}, {tuned.axis!r}) names no "
+                     "earlier stage of this study.")
+  shared = lambda c: all(c.labels[k] == v for k, v in labels.items()
+                         if k in c.labels and k not in ("seed", tuned.axis))
+  candidates = [c for c in tuning if shared(c)]
+  if not candidates or tuned.axis not in candidates[0].labels:
+    raise ValueError(f"stage {stage.name!r}: stage {tuned.stage!r} has no cell with axis "
+                     f"{tuned.axis!r} and labels {labels}.")
+  finished = {r["cell"]: r for r in rows if r["stage"] == tuned.stage}
+  if any(c.name not in finished for c in candidates):
+    return candidates[0].labels[tuned.axis], True
+  choice, _ = stats.choose([finished[c.name] for c in candidates], tuned.axis, tuned.select_on)
+  return choice, False
 
 
 def cell_config(cell: Cell):
@@ -238,19 +290,23 @@ def _set(config, field: str, value) -> None:
   target[leaf] = value
 
 
-def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
-  """Every cell's config, checked (fields, values, strategy rules) before anything runs."""
+def checked_config(cell: Cell):
+  """The cell's config, checked as a run would check it, naming the cell when refused."""
   from jtl import config as config_lib, dry_run, workdir  # JAX is imported only here.
-  out = []
-  for cell in cells(study, root):
-    config = cell_config(cell)
-    try:
-      config_lib.check(config)
-      dry_run.resolve(config)
-      workdir.check_resume(cell.workdir, config)   # A study edited after its cells ran.
-    except ValueError as e:
-      raise ValueError(f"sweep cell {cell.stage}/{cell.name}: {first_line(e)}") from None
-    out.append((cell, config))
+  config = cell_config(cell)
+  try:
+    config_lib.check(config)
+    dry_run.resolve(config)
+    workdir.check_resume(cell.workdir, config)   # A study edited after its cells ran.
+  except ValueError as e:
+    raise ValueError(f"sweep cell {cell.stage}/{cell.name}: {first_line(e)}") from None
+  return config
+
+
+def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
+  """Every cell's config, checked (fields, values, strategy rules) before anything runs; a
+  cell that waits on a tuning stage is checked with its first candidate value."""
+  out = [(cell, checked_config(cell)) for cell in cells(study, root)]
   if study.report:
     names = {k for c, _ in out if c.stage == study.report.stage for k in c.labels}
     wanted = [study.report.compare, study.report.select, study.report.x, *study.report.by]
@@ -262,6 +318,11 @@ def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
     from jtl.report import stats
     stats.check_select_on(study.report.select_on)
     seeds = {c.labels.get("seed") for c, _ in out if c.stage == study.report.stage}
+    tune_stage = {c.labels.get("seed") for c, _ in out if c.stage == study.report.tune_stage}
+    if study.report.tune_stage and (study.report.tune_stage not in stages or seeds & tune_stage):
+      raise ValueError(f"study {study.name}: report tune_stage={study.report.tune_stage!r} must "
+                       f"be a stage whose seeds are not reported; seeds {sorted(seeds & tune_stage)} "
+                       f"are in both it and stage {study.report.stage!r}.")
     if study.report.tune_seeds and not seeds - set(study.report.tune_seeds):
       raise ValueError(f"study {study.name}: every seed of stage {study.report.stage!r} is a "
                        "tuning seed (report tune_seeds); add seeds to report on.")
@@ -308,10 +369,18 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
   if diagnose and not study.report:
     raise ValueError(f"--diagnose diagnoses the cells of the study's report stage, and study "
                      f"{study.name} declares no report=sweep.Report(...).")
-  todo = [(c, cfg) for c, cfg in checked if not c.finished]
+  todo = [c for c, _ in checked if not c.finished or c.pending]
   if print_commands:
-    for cell, _ in todo:
-      print(command(cell))
+    waiting = [c for c in todo if c.pending]
+    for cell in todo:
+      if not cell.pending:
+        print(command(cell))
+    if waiting:
+      print(f"# {len(waiting)} more cell(s) wait for their tuning stage's results; print the "
+            "commands again once the cells above have finished.")
+    if not todo:
+      print(f"# all {len(checked)} cells of study {study.name} are finished in {root}; "
+            "nothing to run.")
     return read_results(root)
   from jtl import runtime, train
   os.makedirs(root, exist_ok=True)
@@ -320,24 +389,37 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
   recorded = {(r["stage"], r["cell"]) for r in read_results(root)}
   log(f"jtl sweep {study.name}: {len(checked)} cells, {len(checked) - len(todo)} finished, "
       f"{len(todo)} to run, in {root}" + (f" (budget: {study.budget})" if study.budget else ""))
-  t0, ran = time.time(), 0
-  for i, (cell, config) in enumerate(checked, 1):
-    if not cell.finished:
-      eta = (f", ~{(time.time() - t0) / ran * (len(todo) - ran) / 60:.0f} min left" if ran else "")
-      log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
-      train.train_and_evaluate(config, cell.workdir)
-      ran += 1
-    if (cell.stage, cell.name) not in recorded:
-      with open(os.path.join(cell.workdir, SUMMARY)) as f:
-        append_result(root, result_row(cell, json.load(f)))
-      recorded.add((cell.stage, cell.name))
-    if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, DIAGNOSTICS):
-      from jtl.diagnose import after
-      log(f"diagnostics of {cell.stage}/{cell.name}")
-      try:
-        after.diagnose_run(cell.workdir)
-      except (ValueError, OSError) as e:   # The cell's result stands; say why its picture does not.
-        log(f"  no diagnostics for {cell.stage}/{cell.name}: {first_line(e)}")
+  t0, ran, i = time.time(), 0, 0
+  for stage in study.stages:
+    # Made again stage by stage: a Tuned field is chosen once its tuning stage has run.
+    for cell in (c for c in cells(study, root) if c.stage == stage.name):
+      i += 1
+      if cell.pending:
+        raise RuntimeError(f"sweep cell {cell.stage}/{cell.name} still waits for its tuning "
+                           "stage after that stage ran; is a tuning cell's summary missing?")
+      if not cell.finished:
+        eta = (f", ~{(time.time() - t0) / ran * (len(todo) - ran) / 60:.0f} min left" if ran
+               else "")
+        log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
+        try:
+          train.train_and_evaluate(checked_config(cell), cell.workdir)
+        except FloatingPointError as e:   # A diverged setting is a result: never chosen.
+          log(f"  {cell.stage}/{cell.name} diverged: {first_line(e)}")
+          os.makedirs(cell.workdir, exist_ok=True)
+          with open(os.path.join(cell.workdir, SUMMARY), "w") as f:
+            json.dump({"diverged": first_line(e)}, f)
+        ran += 1
+      if (cell.stage, cell.name) not in recorded:
+        with open(os.path.join(cell.workdir, SUMMARY)) as f:
+          append_result(root, result_row(cell, json.load(f)))
+        recorded.add((cell.stage, cell.name))
+      if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, DIAGNOSTICS):
+        from jtl.diagnose import after
+        log(f"diagnostics of {cell.stage}/{cell.name}")
+        try:
+          after.diagnose_run(cell.workdir)
+        except (ValueError, OSError) as e:   # The cell's result stands; say why its picture does not.
+          log(f"  no diagnostics for {cell.stage}/{cell.name}: {first_line(e)}")
   return read_results(root)
 
 
@@ -364,7 +446,9 @@ def _write_study_json(study: Study, root: str, argv: Sequence[str]) -> None:
 
 
 def load_study(path: str) -> Study:
-  """The `STUDY` of a study file."""
+  """The `STUDY` of a study file, found relative to the working directory or the repo."""
+  if not os.path.isfile(path) and os.path.isfile(os.path.join(ROOT, path)):
+    path = os.path.join(ROOT, path)   # The repository's own experiments/, from anywhere.
   if not os.path.isfile(path):
     raise FileNotFoundError(f"study file {path} does not exist; expected e.g. "
                             "experiments/seed_transfer.py.")

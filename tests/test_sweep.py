@@ -1,5 +1,6 @@
 """Sweeps: grids as data, validated before any cell runs, resumable after a kill."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -120,3 +121,94 @@ def test_a_finished_cell_whose_settings_changed_is_refused(tmp_path):
   (root / "target" / cell.name / "config.json").write_text(stored.to_json_best_effort())
   with pytest.raises(ValueError, match=r"seed=0: .* other settings \(optim.lr: 0.5 -> 0.1\)"):
     sweep.run(study, str(root), log=lambda *_: None)
+
+
+def tuned_study():
+  """A tuning stage (lr per strategy on seeds 100-101) and a stage that takes its choices."""
+  arms = sweep.options("strategy", {"lp": {"strategy.name": "linear_probe"},
+                                    "ft": {"strategy.name": "full_finetune"}})
+  return sweep.Study("tuned", [
+      sweep.Stage("tune", TINY, sweep.product(arms, sweep.axis("optim.lr", [0.01, 0.1, 1.0]),
+                                              sweep.seeds([100, 101])), fixed=TINY_FIELDS),
+      sweep.Stage("target", TINY, sweep.product(arms, sweep.seeds(3)),
+                  fixed={**TINY_FIELDS, "optim.lr": sweep.Tuned("tune", "lr")})],
+      report=sweep.Report(stage="target", compare="strategy", select="lr", baseline="ft",
+                          tune_stage="tune"))
+
+
+# Validation accuracy of a tuning cell: lp peaks at lr 1.0 (the grid's edge), ft at 0.1;
+# test accuracy would pick otherwise, and is never looked at.
+VAL = {("lp", 0.01): 0.5, ("lp", 0.1): 0.6, ("lp", 1.0): 0.7,
+       ("ft", 0.01): 0.6, ("ft", 0.1): 0.8, ("ft", 1.0): 0.4}
+
+
+def finish(root, cells, val=lambda c: VAL[c.labels["strategy"], c.labels["lr"]]):
+  from jtl import results
+  os.makedirs(root, exist_ok=True)
+  for c in cells:
+    results.append_result(str(root), results.result_row(
+        c, {"val_accuracy": val(c), "test_accuracy": 1 - val(c) + 0.01 * c.labels["seed"] % 7}))
+
+
+def test_a_tuned_field_waits_for_its_tuning_stage_then_takes_its_best_validation_choice(tmp_path):
+  study, root = tuned_study(), str(tmp_path)
+  before = [c for c in sweep.cells(study, root) if c.stage == "target"]
+  assert all(c.pending and c.fields["optim.lr"] == 0.01 for c in before)   # Validated as such.
+  tune = [c for c in sweep.cells(study, root) if c.stage == "tune"]
+  finish(root, tune[:-1])   # One ft cell is missing: ft waits, lp is chosen.
+  waiting = {c.labels["strategy"]: c.pending for c in sweep.cells(study, root)
+             if c.stage == "target"}
+  assert waiting == {"lp": False, "ft": True}
+  finish(root, tune[-1:])
+  after = {c.name: c for c in sweep.cells(study, root) if c.stage == "target"}
+  assert not any(c.pending for c in after.values())
+  assert after["strategy=lp,seed=0,lr=1"].fields["optim.lr"] == 1.0
+  assert after["strategy=ft,seed=2,lr=0.1"].fields["optim.lr"] == 0.1
+  assert len(after) == 6
+
+
+def test_a_tuning_stage_shares_no_seed_with_the_reported_one(tmp_path):
+  study = tuned_study()
+  bad = sweep.Study(study.name, [study.stages[0], dataclasses.replace(
+      study.stages[1], grid=sweep.product(sweep.options("strategy", {
+          "lp": {"strategy.name": "linear_probe"}, "ft": {"strategy.name": "full_finetune"}}),
+          sweep.seeds([0, 101])))], study.report)
+  with pytest.raises(ValueError, match=r"seeds \[101\] are in both"):
+    sweep.validate(bad, str(tmp_path))
+
+
+def test_the_report_of_a_tuned_stage_shows_candidates_and_reports_only_other_seeds(tmp_path):
+  study, root = tuned_study(), str(tmp_path)
+  sweep._write_study_json(study, root, ["test"])
+  finish(root, [c for c in sweep.cells(study, root) if c.stage == "tune"])
+  finish(root, [c for c in sweep.cells(study, root) if c.stage == "target"])
+  text = report.write_report(root)
+  assert "made on seeds 100, 101 (stage `tune`)" in text
+  lp_row = next(line for line in text.splitlines() if line.startswith("| lp"))
+  assert "**edge of grid**" in lp_row and "| 3 |" in lp_row   # Seeds 0-2 only are reported.
+  ft_row = next(line for line in text.splitlines() if line.startswith("| ft"))
+  assert "0.1 (val %" in ft_row and "0.01: 60.0" in ft_row and "edge" not in ft_row
+  assert "Stage `tune`" not in text
+
+
+def test_a_sweep_runs_its_tuning_stage_first_and_a_diverged_setting_is_never_chosen(
+    tmp_path, monkeypatch):
+  from jtl import train
+  ran = []
+
+  def fake_run(config, workdir):   # The trainer's contract: a summary.json, or an error.
+    arm = {"linear_probe": "lp", "full_finetune": "ft"}[config.strategy.name]
+    ran.append((arm, config.optim.lr, config.seed))
+    if config.optim.lr == 1.0:
+      raise FloatingPointError("loss became nan at step 3; stopped.")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump({"val_accuracy": VAL[arm, config.optim.lr], "test_accuracy": 0.5}, f)
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_run)
+  rows = sweep.run(tuned_study(), str(tmp_path), log=lambda *_: None)
+  assert len(ran) == 12 + 6 and all(seed >= 100 for _, _, seed in ran[:12])
+  chosen = {(arm, lr) for arm, lr, seed in ran[12:]}
+  assert chosen == {("lp", 0.1), ("ft", 0.1)}   # lp's best, 1.0, diverged.
+  assert sum(1 for r in rows if r.get("diverged")) == 4
+  assert "1.0: diverged or missing" in report.write_report(str(tmp_path))

@@ -61,6 +61,10 @@ def write_report(root: str) -> str:
   if not stage_rows:
     raise ValueError(f"{root}/{results.RESULTS} has no finished cell of stage "
                      f"{spec['stage']!r} yet.")
+  if spec.get("tune_stage"):   # Its cells chose; their seeds tune and are never reported.
+    tuning = [r for r in rows if r["stage"] == spec["tune_stage"]]
+    spec = {**spec, "tune_seeds": sorted({r.get("seed") for r in tuning})}
+    stage_rows = tuning + stage_rows
   table, diffs = tables(stage_rows, spec, reference)
   pngs = plot(stage_rows, spec, diffs, os.path.join(root, ""), reference)
   text = results_md(study, spec, rows, table, diffs, [os.path.basename(p) for p in pngs],

@@ -44,7 +44,8 @@ def words(key: str) -> str:
 
 
 def _choice_text(c: dict) -> str:
-  others = ", ".join(f"{k}: {100 * v:.1f}" for k, v in c["val"].items())
+  others = ", ".join(f"{k}: {100 * v:.1f}" if v >= 0 else f"{k}: diverged or missing"
+                     for k, v in c["val"].items())
   edge = " **edge of grid**" if c.get("edge") else ""
   return f"{c['choice']}{edge} (val % — {others})" if len(c["val"]) > 1 else str(c["choice"])
 
@@ -152,6 +153,10 @@ def results_md(study: dict, spec: dict, rows: list[dict], table: str, diffs: lis
   chosen_on = (f"`{spec['select']}` is chosen per row on mean "
                f"{words(spec.get('select_on') or SELECT_ON)} (never test); the means of every "
                "choice are shown. ") if spec.get("select") else ""
+  if spec.get("select") and spec.get("tune_seeds"):
+    chosen_on += (f"The choice is made on seeds {', '.join(map(str, spec['tune_seeds']))}"
+                  + (f" (stage `{spec['tune_stage']}`)" if spec.get("tune_stage") else "")
+                  + ", which are not among the seeds reported. ")
   lines += ["Test accuracy in percent over seeds: mean ± half-width of the 95% Student-t "
             f"interval [low, high]. {chosen_on}"
             "A claim that one strategy beats another is made only where the paired difference's "
@@ -166,7 +171,7 @@ def results_md(study: dict, spec: dict, rows: list[dict], table: str, diffs: lis
     lines += ["## What the intervals allow", ""] + verdicts + [""]
   lines += [f"![{name[:-4]}]({name})" for name in pngs] + [""]
   lines += list(diagnostics)
-  for stage in sorted({r["stage"] for r in rows} - {spec["stage"]}):
+  for stage in sorted({r["stage"] for r in rows} - {spec["stage"], spec.get("tune_stage")}):
     rs = [r for r in rows if r["stage"] == stage]
     m, lo, hi = mean_ci([r[METRIC] for r in rs])
     lines += [f"Stage `{stage}`: {len(rs)} cell(s), test accuracy {ci(m, lo, hi)} %.", ""]

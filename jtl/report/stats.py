@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import math
 import statistics
-from typing import Sequence
+from typing import Any, Sequence
 
 METRIC = "test_accuracy"
 SELECT_ON = "val_accuracy"
@@ -144,31 +144,45 @@ def check_select_on(on: str) -> None:
                      "validation result (e.g. val_accuracy or target_val_accuracy).")
 
 
+def choose(rows: Sequence[dict], axis: str | None, on: str = SELECT_ON) -> tuple[Any, dict]:
+  """(the value of `axis` whose rows have the best mean `on`, each value's mean): the one
+  rule by which a report selects and a sweep's `Tuned` field chooses. Ties go to the value
+  met first; a value with a missing result scores -1."""
+  check_select_on(on)
+  by_value = {}
+  for r in rows:
+    by_value.setdefault(r.get(axis) if axis else None, []).append(r.get(on))
+  means = {v: statistics.fmean(xs) if None not in xs else -1.0 for v, xs in by_value.items()}
+  return max(means, key=means.get), means
+
+
 def select(rows: list[dict], spec: dict) -> dict:
   """(by..., compared) -> {"choice": selected value or None, "rows": that choice's rows,
   "val": each candidate's mean, "edge": whether the choice is the grid's lowest or highest}.
 
   The choice maximizes the mean of spec["select_on"] (validation accuracy unless the
-  study names another result) over seeds; ties: first declared. With spec["tune_seeds"],
-  the choice is made on those seeds' rows only and "rows" holds the other seeds' rows (the
-  reporting seeds), so no seed both tunes and reports.
+  study names another result) over seeds (`choose`). With spec["tune_seeds"], the choice is
+  made on those seeds' rows only and "rows" holds the other seeds' rows (the reporting
+  seeds), so no seed both tunes and reports.
   """
   on = spec.get("select_on") or SELECT_ON
-  check_select_on(on)
   tune = set(spec.get("tune_seeds") or ())
-  groups = collections.defaultdict(lambda: collections.defaultdict(list))
+  groups = collections.defaultdict(list)
   for r in rows:
-    choice = r.get(spec["select"]) if spec.get("select") else None
-    groups[group_key(r, [*spec["by"], spec["compare"]])][choice].append(r)
+    groups[group_key(r, [*spec["by"], spec["compare"]])].append(r)
   out = {}
-  for key, by_choice in groups.items():
-    def score(choice):
-      vals = [r.get(on) for r in by_choice[choice] if not tune or r.get("seed") in tune]
-      return statistics.fmean(vals) if vals and None not in vals else -1.0
-    best = max(by_choice, key=score)
-    reported = [r for r in by_choice[best] if r.get("seed") not in tune]
-    out[key] = {"choice": best, "rows": reported, "val": {c: score(c) for c in by_choice},
-                "edge": _at_edge(best, list(by_choice))}
+  for key, group in groups.items():
+    tuning = [r for r in group if not tune or r.get("seed") in tune]
+    if not tuning:
+      raise ValueError(f"{spec['compare']} {key}: no finished cell of the tuning seeds "
+                       f"{sorted(tune)} to choose {spec.get('select')} on yet.")
+    best, means = choose(tuning, spec.get("select"), on)
+    grid = list(dict.fromkeys(r.get(spec["select"]) if spec.get("select") else None
+                              for r in group))
+    reported = [r for r in group if (r.get(spec["select"]) if spec.get("select") else None) == best
+                and r.get("seed") not in tune]
+    out[key] = {"choice": best, "rows": reported, "val": {c: means.get(c, -1.0) for c in grid},
+                "edge": _at_edge(best, grid)}
   return out
 
 
