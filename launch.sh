@@ -12,10 +12,23 @@
 #   --processes N        N processes on this machine (CPU collectives through gloo)
 #   --slurm              srun inside a SLURM allocation (sbatch/salloc), one process per task
 #   --tpu NAME --zone Z  every worker of a Cloud TPU VM pod (the repo at ~/jtl there, or $JTL_REMOTE_DIR)
+# A relative path (folder:PATH, --workdir, init=) means the directory you run this from,
+# as with .venv/bin/jtl; the repository's configs/ and experiments/ are found from anywhere.
 set -euo pipefail
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)   # The repository; the caller's directory stays the cwd.
+py=$here/.venv/bin/python
 
-setup() {
+# One line per set-up step; the tools' own output goes to .venv/setup.log, shown on failure.
+step() {
+  local log=$here/.venv/setup.log
+  mkdir -p "$here/.venv"
+  echo "+ $*" >>"$log"
+  "$@" >>"$log" 2>&1 || { local rc=$?; echo "jtl: error: set-up step failed: $*; the end of $log:" >&2
+                          tail -n 25 "$log" >&2; exit $rc; }
+}
+
+setup() (
+  cd "$here"
   # Debian's packages, when run as root: Fashion-MNIST's files, and oneDNN, whose CPU
   # convolutions jtl/ops compiles against on first use (without it jtl uses XLA's).
   local want=()
@@ -23,7 +36,8 @@ setup() {
   [[ -f /usr/include/oneapi/dnnl/dnnl.hpp || -f /usr/include/dnnl.hpp ]] || want+=(libdnnl-dev)
   if [[ ${#want[@]} -gt 0 && $(id -u) == 0 ]]; then
     echo "jtl: installing Debian's ${want[*]} ..." >&2
-    (apt-get install -y -q "${want[@]}" || { apt-get update -q && apt-get install -y -q "${want[@]}"; }) >&2
+    step bash -c 'apt-get install -y -q "$@" || { apt-get update -q && apt-get install -y -q "$@"; }' \
+      apt "${want[@]}"
   fi
   if [[ ! -x .venv/bin/python ]]; then
     echo "jtl: creating .venv ..." >&2
@@ -31,18 +45,21 @@ setup() {
   fi
   # Reinstall only when pyproject.toml changed since the last install.
   if [[ ! -f .venv/.jtl-installed || pyproject.toml -nt .venv/.jtl-installed ]]; then
-    echo "jtl: installing jtl and its packages into .venv ..." >&2
-    .venv/bin/python -m pip install -q --upgrade pip >&2
-    .venv/bin/python -m pip install -q -e ".[test]" >&2
+    echo "jtl: installing jtl and its packages into .venv (log: .venv/setup.log) ..." >&2
+    step .venv/bin/python -m pip install -q --upgrade pip
+    step .venv/bin/python -m pip install -q -e ".[test]"
     touch .venv/.jtl-installed
   fi
-}
+)
+
+# gloo's line per process ("[Gloo] Rank 0 is connected to 1 peer ranks...") says nothing to a user.
+quiet_gloo() { grep --line-buffered -v '^\[Gloo\] Rank [0-9]* is connected to' || true; }
 
 if [[ $# -eq 0 ]]; then
-  sed -n '2,14p' "$0"; exit 2
+  sed -n '2,16p' "$0"; exit 2
 fi
 if [[ $1 == -h || $1 == --help ]]; then
-  sed -n '2,14p' "$0"; echo "  CONFIG --help shows a config's arguments and fields; .venv/bin/jtl list shows what exists."; exit 0
+  sed -n '2,16p' "$0"; echo "  CONFIG --help shows a config's arguments and fields; .venv/bin/jtl list shows what exists."; exit 0
 fi
 case "$1" in
   --tpu)
@@ -55,19 +72,21 @@ case "$1" in
 esac
 setup
 export PYTHONUNBUFFERED=1
+# This checkout's jtl, whichever directory the command is typed in.
+export PYTHONPATH=$here${PYTHONPATH:+:$PYTHONPATH}
 case "$1" in
   --slurm)
     shift; config="$1"; shift
     command -v srun >/dev/null || { echo "jtl: error: --slurm runs srun, which is not here; use it inside a SLURM allocation (sbatch or salloc)." >&2; exit 2; }
-    exec srun --kill-on-bad-exit=1 env JTL_DISTRIBUTED=1 .venv/bin/python -m jtl.main --config="$config" "$@" ;;
+    exec srun --kill-on-bad-exit=1 env JTL_DISTRIBUTED=1 "$py" -m jtl.main --config="$config" "$@" ;;
   --processes)
     [[ $# -ge 3 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "usage: ./launch.sh --processes N CONFIG ..." >&2; exit 2; }
     n=$2 config=$3; shift 3
-    port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     pids=()
     for ((i = 0; i < n; i++)); do
       JTL_NUM_PROCESSES=$n JTL_PROCESS_ID=$i JTL_COORDINATOR=127.0.0.1:$port \
-        .venv/bin/python -m jtl.main --config="$config" "$@" &
+        "$py" -m jtl.main --config="$config" "$@" > >(quiet_gloo) 2> >(quiet_gloo >&2) &
       pids+=($!)
     done
     trap 'kill "${pids[@]}" 2>/dev/null' INT TERM
@@ -78,8 +97,11 @@ case "$1" in
     exit 0 ;;
 esac
 case "$1" in
-  test) shift; exec .venv/bin/python -m pytest "$@" ;;
-  sweep|report|diagnose|recommend) exec .venv/bin/python -m jtl.cli "$@" ;;
-  experiments/*.py) exec .venv/bin/python "$@" ;;
-  *) config="$1"; shift; exec .venv/bin/python -m jtl.main --config="$config" "$@" ;;
+  test) shift; cd "$here"; exec "$py" -m pytest "$@" ;;
+  adapt|sweep|report|diagnose|recommend) exec "$py" -m jtl.cli "$@" ;;
+  experiments/*.py)
+    script=$1; shift
+    [[ -f $script || ! -f $here/$script ]] || script=$here/$script   # the repository's own
+    exec "$py" "$script" "$@" ;;
+  *) config="$1"; shift; exec "$py" -m jtl.main --config="$config" "$@" ;;
 esac

@@ -1,312 +1,355 @@
-r"""Benchmark: jtl's speed against PyTorch, time to first step, input pipeline, frozen strategies.
+r"""jtl's benchmarks in parts: speed, first_step, pipeline, frozen, prefix, conv and gpu.
 
-  ./launch.sh experiments/bench.py                        # everything: 6 min on 2 idle CPU cores
+  ./launch.sh experiments/bench.py                        # default parts: 6 min on 2 idle cores
   ./launch.sh experiments/bench.py --quick --shapes small # a smoke test: 1-2 min
   ./launch.sh experiments/bench.py --parts speed --shapes resnet50 --batches resnet50=16
+  ./launch.sh experiments/bench.py --parts frozen --shapes resnet50 --batches resnet50=16
+  ./launch.sh experiments/bench.py --parts prefix         # 5 min
+  JTL_ONEDNN=1 ./launch.sh experiments/bench.py --parts conv
+  ./launch.sh experiments/bench.py --parts gpu            # on a GPU machine; --dry_run on CPU
 
-Parts (--parts, default all):
+Parts (--parts, comma-separated). The default is the four that measure jtl on the CPU it runs
+on: speed, first_step, pipeline, frozen. prefix (5 min of training), conv (needs JTL_ONEDNN=1)
+and gpu (needs a GPU) run only when asked for.
   speed       train-step and inference images/s of jtl (jit(train.train_step), full fine-tune,
               SGD momentum) and of the same network in PyTorch eager (channels_last, a hand-built
               ResNet with jtl's widths and strides, --torch_threads threads), timed in alternating
               rounds; ratio = jtl/PyTorch. On a busy machine PyTorch's OpenMP threads lose far
               more than XLA's (see the warning it prints): trust ratios from an idle machine.
   first_step  seconds from the start of a run to the end of its first step (summary.json's
-              first_step_s), for a fresh compilation cache (cold) and then the same cache (warm).
+              first_step_s) of --first_step_config, for a fresh compilation cache (cold) and
+              then the same cache (warm).
   pipeline    images/s of jtl.data.train_dataset over Fashion-MNIST at each shape's size, alone
               and feeding the train step, against the step on a batch already on the device.
   frozen      one train step per strategy against the inference forward pass, and optimizer-state
-              bytes (experiments/bench_frozen.py is this part alone).
+              bytes per label, on --frozen_shape. Targets: linear_probe <= 1.15x the forward
+              pass; partial:3 (last stage + head) <= 0.40x the full fine-tune step.
+  prefix      the trainer's linear probe, un-augmented, with data.cache_prefix=never (the frozen
+              backbone runs every step), auto (its activations computed once) and auto again
+              (found in the cache, as by a sweep's next cell). Source: the small shape on
+              Fashion-MNIST classes 0-4, --prefix_source_steps steps; target: classes 5-9,
+              --prefix_shots per class (0: all 30000 images), --prefix_epochs epochs. Wall time
+              end to end and of the training loop, and the largest parameter difference.
+  conv        one conv layer's forward, data gradient and weight gradient (CONV_LAYERS at
+              --conv_batch): XLA's, jtl.ops' (oneDNN through the XLA FFI) and PyTorch eager's.
+  gpu         ResNet-50 (--gpu_model) full fine-tuning on one GPU, set up as JAX's GPU tips
+              advise: bfloat16 compute with float32 parameters, NHWC, batch 256 (--gpu_batch),
+              224 px, XLA_FLAGS with the latency-hiding scheduler (set before jax starts;
+              --xla_flags adds more). synthetic: one random batch on the device, --gpu_steps
+              steps after 5 untimed ones; pipeline:
+              jtl.data.train_dataset (crop + flip) over random images (--gpu_source synthetic)
+              or Fashion-MNIST at 224 px, two batches ahead of the step. Without a GPU, or with
+              --dry_run, batch 4 at 32 px for 2 steps: a check of the code, not a GPU number.
 Shapes (--shapes): small = the main study's small-stem ResNet-18 (width 0.25, 28x28x1, batch 128,
 5 classes); resnet18 and resnet50 = 224x224x3, batch 32, 1000 classes.
 
-Prints tables and writes WORKDIR/bench.json. Timings are medians over --repeats rounds after one
-warm-up; ratios are medians of the per-round ratios, so load from other users of a shared
-machine hits both sides of a ratio alike. Compare rows of one run, not runs of different days.
+Prints a table per part and writes WORKDIR/bench.json: the machine (CPU, cores, device, jax,
+date, load), the settings, and each part's results under its name. Timings are medians over
+--repeats rounds after one warm-up; ratios are medians of the per-round ratios, so load from
+other users of a shared machine hits both sides of a ratio alike. Compare rows of one run, not
+runs of different days. What the parts share (shapes, timing, both sides' networks, the machine,
+the table) is in experiments/bench_lib.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
+import itertools
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("speed", "first_step", "pipeline", "frozen")
+# What the parts share, beside this file; none of it imports jax before main sets XLA_FLAGS.
+from bench_lib import (ROOT, SHAPES, Jtl, Shape, Torch, fmt, interleaved, jax_conv_passes,
+                       machine_info, make_state, paired_ratio, prefetch_to_device, random_batch,
+                       random_variables, table, timed_steps, torch_conv_passes, torch_version)
+
+# In the order they run; the first three share one model per shape.
+PARTS = ("speed", "pipeline", "frozen", "conv", "gpu", "first_step", "prefix")
+DEFAULT_PARTS = ("speed", "first_step", "pipeline", "frozen")
 STRATEGIES = ("linear_probe", "partial:3", "surgical:stage4", "bitfit", "full_finetune")
 # The main study's transfer run, from a random init (its default source may not exist), 2 steps.
 FIRST_STEP_CONFIG = "configs/transfer.py:strategy=scratch,steps=2"
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  model: str
-  size: int
-  batch: int
-  channels: int = 3
-  small_stem: bool = False
-  width: float = 1.0
-  num_classes: int = 1000
-
-  def __str__(self):
-    extra = f", small stem, width {self.width:g}" if self.small_stem or self.width != 1 else ""
-    return f"{self.model}{extra}, {self.size}x{self.size}x{self.channels}, batch {self.batch}"
-
-
-SHAPES = {
-    "small": Shape("resnet18", 28, 128, channels=1, small_stem=True, width=0.25, num_classes=5),
-    "resnet18": Shape("resnet18", 224, 32),
-    "resnet50": Shape("resnet50", 224, 32),
-}
+# The conv part's layers: (size, in, out, kernel, stride), NHWC, batch --conv_batch.
+CONV_LAYERS = ((56, 64, 64, 3, 1), (14, 256, 256, 3, 1))
+# Set before jax starts its backends; a flag this jaxlib does not know aborts the process.
+GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
+GPU_ANCHORS = (
+    {"what": "NVIDIA DeepLearningExamples ResNet-50 v1.5, PyTorch AMP, batch 256, A100 80GB",
+     "img_s": 2470},
+    {"what": "MLPerf Training v3.0 ResNet-50, per H100", "img_s": 7000},
+)
+GPU_GOALS = {"synthetic": 5000, "pipeline": 3500}   # img/s on one H100.
 
 
 # ---------------------------------------------------------------------------
-# Timing.
+# Parts: each is run(args, shapes, jtl_of), prints its table and returns its results.
 # ---------------------------------------------------------------------------
-def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
-  """Seconds of each fn, once per round; the order flips every round so neither side
-  always runs just after the other. Each fn has been called once before (warm-up)."""
-  times = {name: [] for name in fns}
-  for r in range(repeats):
-    for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-      t = time.perf_counter()
-      fns[name]()
-      times[name].append(time.perf_counter() - t)
-  return times
-
-
-def paired_ratio(a: list[float], b: list[float]) -> float:
-  """Median over rounds of a[i] / b[i]."""
-  return statistics.median(x / y for x, y in zip(a, b))
-
-
-# ---------------------------------------------------------------------------
-# jtl side.
-# ---------------------------------------------------------------------------
-class Jtl:
-  """One shape's model, a full fine-tune state, and its compiled train step and forward pass."""
-
-  def __init__(self, shape: Shape):
-    import jax
-    import numpy as np
-    from jtl import models
-    from jtl.models import build
-    self.shape, self.jax = shape, jax
-    self.model = models.get_model(shape.model, num_classes=shape.num_classes,
-                                  small_stem=shape.small_stem, width=shape.width)
-    self.variables = random_variables(self.model, shape)
-    self.batch = jax.device_put(random_batch(shape, np.random.default_rng(0)))
-    self.rng = jax.random.key(0)
-    self.mean = self.std = (0.5,) * shape.channels
-    self.state = make_state(self.model, self.variables, "full_finetune", shape.num_classes,
-                            shape.channels)
-    self.step = None   # Compiled on first use: the frozen part needs only the forward pass.
-    forward = build.forward(self.model, self.mean, self.std)
-    t = time.perf_counter()
-    self.forward = jax.jit(lambda v, x: forward(v, x, train=False)[0]).lower(
-        self.variables, self.batch["image"]).compile()
-    self.compile_infer_s = time.perf_counter() - t
-    self.params = models.count_params(self.variables["params"])
-
-  def compile_train(self):
-    if self.step is None:
-      from jtl import train
-      t = time.perf_counter()
-      # The trainer's step: jit(train_step) with the state donated, so it is stepped in place.
-      self.step = self.jax.jit(train.train_step, donate_argnums=0).lower(
-          self.state, self.batch, self.rng).compile()
-      self.compile_train_s = time.perf_counter() - t
-
-  def train(self, batch=None):
-    self.compile_train()
-    self.state, metrics = self.step(self.state, self.batch if batch is None else batch, self.rng)
-    self.jax.block_until_ready((self.state, metrics))
-
-  def infer(self):
-    self.jax.block_until_ready(self.forward(self.variables, self.batch["image"]))
-
-
-def random_variables(model, shape: Shape) -> dict:
-  """Variables shaped as `model.init` makes them, filled by numpy: a jitted init compiles
-  one random-number kernel per parameter and takes longer than the step on CPU."""
-  import jax
-  import jax.numpy as jnp
+def speed(args, shapes: dict, jtl_of) -> dict:
+  """jtl and PyTorch train and inference steps in alternating rounds, per shape."""
   import numpy as np
-  rng = np.random.default_rng(0)
-  abstract = jax.eval_shape(model.init, jax.random.key(0),
-                            jnp.zeros((1, shape.size, shape.size, shape.channels)))
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":   # He-normal over fan-in.
-      return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape).astype(leaf.dtype)
-    return (np.ones if name in ("scale", "var") else np.zeros)(leaf.shape, leaf.dtype)
-  return jax.device_put(jax.tree_util.tree_map_with_path(fill, abstract))
-
-
-def random_batch(shape: Shape, rng) -> dict:
-  return {"image": rng.integers(0, 256, (shape.batch, shape.size, shape.size, shape.channels),
-                                dtype="uint8"),
-          "label": rng.integers(0, shape.num_classes, shape.batch).astype("int32")}
-
-
-def make_state(model, variables, strategy_name: str, num_classes: int, channels: int):
-  """A TrainState of strategy `strategy_name` with the base config's optimizer (SGD momentum),
-  built by the trainer's own create_state, on a copy of `variables` so that donating it
-  keeps them."""
-  import jax
-  import jax.numpy as jnp
-  from jtl import strategy, train
-  from jtl.config import base_config
-  from jtl.models import build
-  config = base_config()
-  config.total_steps = 100
-  config.strategy.name = strategy_name
-  variables = jax.tree.map(jnp.copy, {"params": variables["params"],
-                                      "batch_stats": variables["batch_stats"]})
-  phase = strategy.resolve(config.strategy, variables["params"], config.total_steps).phases[0]
-  forward = build.forward(model, (0.5,) * channels, (0.5,) * channels)
-  state, _ = train.create_state(config, forward, variables, phase, num_classes=num_classes)
-  return state
-
-
-# ---------------------------------------------------------------------------
-# PyTorch side: the same network, eager, channels_last.
-# ---------------------------------------------------------------------------
-def torch_version() -> str | None:
-  try:
-    import torch
-  except ImportError:
-    return None
-  return torch.__version__
-
-
-def torch_resnet(shape: Shape):
-  """jtl's ResNet v1.5 in torch.nn: same widths, strides, padding and parameter count
-  (so the same FLOPs); weights differ. torchvision is not needed."""
-  import torch
-  from torch import nn
-  from jtl.models import MODELS
-  from jtl.models.resnet import BASE_WIDTHS
-
-  def conv_bn(cin, cout, k, stride):
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
-
-  class Block(nn.Module):
-    def __init__(self, cin, features, stride, bottleneck):
-      super().__init__()
-      spec = ([(1, features, 1), (3, features, stride), (1, 4 * features, 1)] if bottleneck
-              else [(3, features, stride), (3, features, 1)])
-      layers, c = [], cin
-      for i, (k, f, s) in enumerate(spec):
-        layers += conv_bn(c, f, k, s) + ([nn.ReLU(inplace=True)] if i < len(spec) - 1 else [])
-        c = f
-      self.body, self.out = nn.Sequential(*layers), c
-      self.shortcut = (nn.Sequential(*conv_bn(cin, c, 1, stride)) if stride != 1 or cin != c
-                       else nn.Identity())
-
-    def forward(self, x):
-      return torch.relu(self.body(x) + self.shortcut(x))
-
-  stage_sizes, bottleneck = MODELS[shape.model]
-  widths = [max(1, round(w * shape.width)) for w in BASE_WIDTHS]
-  k, s = (3, 1) if shape.small_stem else (7, 2)
-  layers = conv_bn(shape.channels, widths[0], k, s) + [nn.ReLU(inplace=True)]
-  if not shape.small_stem:
-    layers.append(nn.MaxPool2d(3, 2, 1))
-  c = widths[0]
-  for i, (features, n) in enumerate(zip(widths, stage_sizes)):
-    for j in range(n):
-      layers.append(Block(c, features, 2 if i > 0 and j == 0 else 1, bottleneck))
-      c = layers[-1].out
-  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, shape.num_classes)]
-  return nn.Sequential(*layers)
-
-
-class Torch:
-  """One shape's network in PyTorch eager: an SGD-momentum train step and a forward pass."""
-
-  def __init__(self, shape: Shape, batch: dict, threads: int):
-    import torch
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    self.torch = torch
-    self.model = torch_resnet(shape).to(memory_format=torch.channels_last)
-    self.params = sum(p.numel() for p in self.model.parameters())
-    # The base config's optimizer; jtl's decays kernels only, which costs the same.
-    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    # NHWC uint8 seen as NCHW: already channels_last in memory. Normalized in the step, as jtl does.
-    self.images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)
-    self.labels = torch.from_numpy(batch["label"]).long()
-
-  def _x(self):
-    return (self.images.float() / 255.0 - 0.5) / 0.5
-
-  def train(self):
-    self.model.train()
-    self.opt.zero_grad(set_to_none=True)
-    loss = self.torch.nn.functional.cross_entropy(self.model(self._x()), self.labels)
-    loss.backward()
-    self.opt.step()
-
-  def infer(self):
-    self.model.eval()
-    with self.torch.inference_mode():
-      self.model(self._x())
-
-
-# ---------------------------------------------------------------------------
-# Parts.
-# ---------------------------------------------------------------------------
-def speed(shape: Shape, jtl: Jtl, repeats: int, torch_threads: int) -> dict:
-  """jtl and PyTorch train and inference steps in alternating rounds."""
-  import numpy as np
-  fns = {"jtl_train": jtl.train, "jtl_infer": jtl.infer}
-  tv = torch_version()
-  if tv:
-    ref = Torch(shape, random_batch(shape, np.random.default_rng(0)), torch_threads)
-    if ref.params != jtl.params:
-      raise AssertionError(f"{shape}: PyTorch network has {ref.params:,} parameters, "
-                           f"jtl's {jtl.params:,}; they must be the same network.")
-    fns |= {"torch_train": ref.train, "torch_infer": ref.infer}
-  for fn in fns.values():
-    fn()  # Warm-up (jtl is compiled already).
-  times = interleaved(fns, repeats)
-  med = {k: statistics.median(v) for k, v in times.items()}
-  out = {"shape": dataclasses.asdict(shape), "params": jtl.params, "torch_threads": torch_threads,
-         "rounds_s": times,
-         "jtl": {"train_img_s": shape.batch / med["jtl_train"],
-                 "infer_img_s": shape.batch / med["jtl_infer"],
-                 "train_step_ms": med["jtl_train"] * 1e3, "infer_ms": med["jtl_infer"] * 1e3,
-                 "compile_train_s": jtl.compile_train_s, "compile_infer_s": jtl.compile_infer_s},
-         "torch": "not installed", "ratio": "not installed"}
-  if tv:
-    out["torch"] = {"train_img_s": shape.batch / med["torch_train"],
-                    "infer_img_s": shape.batch / med["torch_infer"],
-                    "train_step_ms": med["torch_train"] * 1e3, "infer_ms": med["torch_infer"] * 1e3}
-    # jtl images/s over PyTorch's = PyTorch's time over jtl's, round by round.
-    out["ratio"] = {"train": paired_ratio(times["torch_train"], times["jtl_train"]),
-                    "infer": paired_ratio(times["torch_infer"], times["jtl_infer"])}
+  tv, out = torch_version(), {}
+  for name, shape in shapes.items():
+    print(f"speed: {name} ({shape}) ...", flush=True)
+    jtl = jtl_of(name)
+    fns = {"jtl_train": jtl.train, "jtl_infer": jtl.infer}
+    if tv:
+      ref = Torch(shape, random_batch(shape, np.random.default_rng(0)), args.torch_threads)
+      if ref.params != jtl.params:
+        raise AssertionError(f"{shape}: PyTorch network has {ref.params:,} parameters, "
+                             f"jtl's {jtl.params:,}; they must be the same network.")
+      fns |= {"torch_train": ref.train, "torch_infer": ref.infer}
+    for fn in fns.values():
+      fn()  # Warm-up (jtl is compiled already).
+    times = interleaved(fns, args.repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    side = lambda who: {"train_img_s": shape.batch / med[f"{who}_train"],
+                        "infer_img_s": shape.batch / med[f"{who}_infer"],
+                        "train_step_ms": med[f"{who}_train"] * 1e3,
+                        "infer_ms": med[f"{who}_infer"] * 1e3}
+    r = out[name] = {
+        "shape": dataclasses.asdict(shape), "params": jtl.params,
+        "torch_threads": args.torch_threads, "rounds_s": times,
+        "jtl": side("jtl") | {"compile_train_s": jtl.compile_train_s,
+                              "compile_infer_s": jtl.compile_infer_s},
+        "torch": side("torch") if tv else "not installed",
+        # jtl images/s over PyTorch's = PyTorch's time over jtl's, round by round.
+        "ratio": {"train": paired_ratio(times["torch_train"], times["jtl_train"]),
+                  "infer": paired_ratio(times["torch_infer"], times["jtl_infer"])}
+                 if tv else "not installed"}
+    ratio = r["ratio"] if not tv else (
+        f"train {r['ratio']['train']:.2f}, inference {r['ratio']['infer']:.2f}")
+    print(f"  jtl train {r['jtl']['train_img_s']:.1f} img/s, inference "
+          f"{r['jtl']['infer_img_s']:.1f} img/s; jtl/PyTorch {ratio}", flush=True)
+  pick = lambda r, who, key: r[who][key] if isinstance(r[who], dict) else r[who]
+  table(["shape", "jtl train img/s", "PyTorch train img/s", "train jtl/PyTorch",
+         "jtl inference img/s", "PyTorch inference img/s", "inference jtl/PyTorch",
+         "jtl compile train / inference (s)"],
+        [[f"{n}: {shapes[n]}", fmt(r["jtl"]["train_img_s"]), fmt(pick(r, "torch", "train_img_s")),
+          fmt(pick(r, "ratio", "train"), ".2f"), fmt(r["jtl"]["infer_img_s"]),
+          fmt(pick(r, "torch", "infer_img_s")), fmt(pick(r, "ratio", "infer"), ".2f"),
+          f"{r['jtl']['compile_train_s']:.1f} / {r['jtl']['compile_infer_s']:.1f}"]
+         for n, r in out.items()])
   return out
 
 
-def first_step() -> dict:
-  """Runs the main study's transfer run (2 steps) twice on one fresh compilation cache."""
+def pipeline(args, shapes: dict, jtl_of) -> dict:
+  """train_dataset's images/s alone, then feeding the step, against the step on a fixed
+  batch, per shape."""
+  import jax
+  from jtl import data
+  source, out = data.load_source("fashion_mnist", "train"), {}
+  for name, shape in shapes.items():
+    print(f"pipeline: {name} ...", flush=True)
+    jtl = jtl_of(name)
+    it = iter(data.train_dataset(source, batch_size=shape.batch, image_size=shape.size,
+                                 channels=shape.channels, augment=True, seed=0))
+    next(it)  # Starts the reader threads.
+    n, t0, least = 0, time.perf_counter(), 0.3 if args.quick else 5.0
+    while n < 3 or time.perf_counter() - t0 < least:
+      next(it)
+      n += 1
+    alone = n * shape.batch / (time.perf_counter() - t0)
+    # Fixed and fed steps in alternating rounds; a fed step includes waiting for its batch.
+    fns = {"fixed": jtl.train, "fed": lambda: jtl.train(jax.device_put(next(it)))}
+    fns["fed"]()
+    times = interleaved(fns, 2 if args.quick else 4)
+    step = shape.batch / statistics.median(times["fixed"])
+    over = paired_ratio(times["fixed"], times["fed"])
+    out[name] = {"pipeline_img_s": alone, "step_img_s": step,
+                 "fed_step_img_s": shape.batch / statistics.median(times["fed"]),
+                 "pipeline_over_step": alone / step, "fed_over_fixed": over,
+                 "keeps_up": bool(alone >= step and over >= 0.9), "rounds_s": times}
+  table(["shape", "pipeline alone img/s", "step img/s (batch on device)",
+         "step img/s fed by the pipeline", "pipeline / step", "fed / on device", "keeps up"],
+        [[f"{n}: {shapes[n]}", f"{r['pipeline_img_s']:.0f}", f"{r['step_img_s']:.1f}",
+          f"{r['fed_step_img_s']:.1f}", f"{r['pipeline_over_step']:.1f}",
+          f"{r['fed_over_fixed']:.2f}", "yes" if r["keeps_up"] else "NO"]
+         for n, r in out.items()])
+  return out
+
+
+def frozen(args, shapes: dict, jtl_of) -> dict:
+  """One train step per strategy against the inference forward pass, in alternating rounds."""
+  import flax.traverse_util as tu
+  import jax
+  import numpy as np
+  from jtl import optim, train
+  name = args.frozen_shape or ("resnet18" if "resnet18" in shapes else next(iter(shapes)))
+  shape, jtl = shapes.get(name, SHAPES[name]), jtl_of(name)
+  strategies = ("linear_probe", "full_finetune") if args.quick else STRATEGIES
+  print(f"frozen: {name} ...", flush=True)
+  step = jax.jit(train.train_step, donate_argnums=0)   # One compile per strategy.
+  states, fns = {}, {"forward": jtl.infer}
+  for strategy in strategies:
+    if strategy == "full_finetune":   # The speed part's state and compiled step.
+      fns[strategy] = jtl.train
+      continue
+    states[strategy] = make_state(jtl.model, jtl.variables, strategy, shape.num_classes,
+                                  shape.channels)
+
+    def run(s=strategy):
+      states[s], metrics = step(states[s], jtl.batch, jtl.rng)
+      jax.block_until_ready((states[s], metrics))
+    fns[strategy] = run
+  for fn in fns.values():
+    fn()  # Compile and warm up.
+  times = interleaved(fns, args.repeats)
+  rows = []
+  for strategy in strategies:
+    state = jtl.state if strategy == "full_finetune" else states[strategy]
+    rows.append({"strategy": strategy, "step_ms": statistics.median(times[strategy]) * 1e3,
+                 "x_forward": paired_ratio(times[strategy], times["forward"]),
+                 "x_full": paired_ratio(times[strategy], times["full_finetune"]),
+                 "trainable": int(sum(np.size(v) for k, v in tu.flatten_dict(
+                     state.params, sep="/").items() if k not in state.frozen)),
+                 "opt_state_bytes": optim.state_bytes_per_label(state.opt_state)})
+  by = {r["strategy"]: r for r in rows}
+  checks = {"linear_probe <= 1.15x forward": by["linear_probe"]["x_forward"] <= 1.15}
+  if "partial:3" in by:
+    checks["partial:3 <= 0.40x full"] = by["partial:3"]["x_full"] <= 0.40
+  r = {"model": shape.model, "size": shape.size, "batch": shape.batch, "shape": str(shape),
+       "device": str(jax.devices()[0]), "forward_ms": statistics.median(times["forward"]) * 1e3,
+       "rows": rows, "checks": checks, "rounds_s": times}
+  table(["strategy", "step (ms)", "x forward", "x full", "trainable params",
+         "optimizer state (bytes per label)"],
+        [[row["strategy"], f"{row['step_ms']:.0f}", f"{row['x_forward']:.2f}",
+          f"{row['x_full']:.2f}", f"{row['trainable']:,}",
+          ", ".join(f"{k}: {v:,}" for k, v in sorted(row["opt_state_bytes"].items()))]
+         for row in rows],
+        f"frozen strategies, {shape}: inference forward {r['forward_ms']:.0f} ms")
+  for check, ok in checks.items():
+    print(f"{'PASS' if ok else 'MISS'}: {check}")
+  return r
+
+
+def conv(args, shapes: dict, jtl_of) -> list:
+  """Each of CONV_LAYERS' three passes in XLA, jtl.ops (oneDNN) and PyTorch eager, all in
+  alternating rounds."""
+  import numpy as np
+  from jax import lax
+  from jtl import ops
+  if not ops.available():
+    raise RuntimeError("conv: jtl.ops' oneDNN library did not load (see its notice above)")
+  xla_conv = lambda x, w, s, p: lax.conv_general_dilated(
+      x, w, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  rng, rows = np.random.default_rng(0), []
+  for size, cin, cout, k, stride in CONV_LAYERS:
+    n, pad = args.conv_batch, k // 2
+    o = (size + 2 * pad - k) // stride + 1
+    x, w, dy = (rng.standard_normal(s, np.float32) for s in
+                ((n, size, size, cin), (k, k, cin, cout), (n, o, o, cout)))
+    w *= 0.05
+    variants = {"xla": jax_conv_passes(xla_conv, stride, pad, x, w, dy),
+                "onednn": jax_conv_passes(ops.conv, stride, pad, x, w, dy)}
+    if torch_version():
+      variants["torch"] = torch_conv_passes(stride, pad, x, w, dy, args.torch_threads)
+    fns = {(v, p): fn for v, passes in variants.items() for p, fn in passes.items()}
+    for fn in fns.values():
+      fn()  # Compile and warm up.
+    times = interleaved(fns, args.repeats)
+    layer = {"batch": n, "size": size, "in": cin, "out": cout, "kernel": k, "stride": stride}
+    for p in ("fwd", "dgrad", "wgrad"):
+      row = {"layer": layer, "pass": p}
+      for v in ("xla", "onednn", "torch"):
+        row[f"{v}_ms"] = statistics.median(times[v, p]) * 1e3 if v in variants else "not installed"
+      for v in ("xla", "torch"):
+        row[f"{v}_over_onednn"] = (paired_ratio(times[v, p], times["onednn", p]) if v in variants
+                                   else "not installed")
+      rows.append(row)
+  table(["layer", "pass", "XLA (ms)", "oneDNN (ms)", "PyTorch (ms)", "XLA / oneDNN",
+         "PyTorch / oneDNN"],
+        [["{kernel}x{kernel}/{stride}, batch {batch}, {size}x{size}, {in}->{out}".format(
+            **r["layer"]), r["pass"], fmt(r["xla_ms"]), fmt(r["onednn_ms"]), fmt(r["torch_ms"]),
+          fmt(r["xla_over_onednn"], ".2f"), fmt(r["torch_over_onednn"], ".2f")] for r in rows],
+        f"convolutions, median ms of {args.repeats} rounds")
+  return rows
+
+
+def gpu(args, shapes: dict, jtl_of) -> dict:
+  """Training images/s with bf16 compute: from one batch on the device, then through jtl's
+  pipeline two batches ahead."""
+  import grain
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jtl import data, models, train
+  dry = args.dry_run or jax.devices()[0].platform != "gpu"
+  shape = Shape(args.gpu_model, 32, 4) if dry else Shape(args.gpu_model, 224, args.gpu_batch)
+  steps, warmup, images = (2, 1, 16) if dry else (args.gpu_steps, 5, 4096)
+  kind = jax.devices()[0].device_kind
+  print(f"gpu: {kind}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}"
+        + ("" if args.flags_before_jax else " (jax was imported before: they may not apply)"),
+        flush=True)
+  if dry:
+    print(f"gpu: dry run ({'--dry_run' if args.dry_run else 'no GPU'}): {shape}, {steps} "
+          "steps; these are not GPU numbers.", flush=True)
+  model = models.get_model(shape.model, num_classes=1000, dtype=jnp.bfloat16)
+  state = make_state(model, random_variables(model, shape), "full_finetune", 1000, 3)
+  rng, step = jax.random.key(0), jax.jit(train.train_step, donate_argnums=0)
+
+  batch = jax.device_put(random_batch(shape, np.random.default_rng(0)))
+  t = time.perf_counter()
+  state, _ = step(state, batch, rng)
+  jax.block_until_ready(state)
+  compile_s = time.perf_counter() - t
+  seconds, state = timed_steps(step, state, itertools.repeat(batch), rng, warmup, steps)
+  results = {"synthetic": {"img_s": steps * shape.batch / seconds,
+                           "step_ms": seconds / steps * 1e3, "first_step_s": compile_s}}
+
+  if args.gpu_source == "fashion_mnist":
+    source = data.load_source("fashion_mnist", "train")
+  else:
+    r = np.random.default_rng(0)
+    source = data.ArraySource("random", r.integers(0, 256, (images, 224, 224, 3), dtype=np.uint8),
+                              r.integers(0, 1000, images), [str(i) for i in range(1000)])
+  threads = args.gpu_threads
+  options = (grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+             if threads else None)
+  host = iter(data.train_dataset(source, batch_size=shape.batch, image_size=shape.size,
+                                 channels=3, augment=True, seed=0, read_options=options))
+  next(host)   # Starts the reader threads.
+  t, n = time.perf_counter(), max(steps // 2, 2)
+  for _ in range(n):
+    next(host)
+  alone = n * shape.batch / (time.perf_counter() - t)
+  seconds, state = timed_steps(step, state, prefetch_to_device(host), rng, warmup, steps)
+  results["pipeline"] = {"img_s": steps * shape.batch / seconds, "step_ms": seconds / steps * 1e3,
+                         "host_pipeline_img_s": alone, "source": repr(source)}
+
+  goals = {k: {"goal_img_s": v, "img_s": results[k]["img_s"],
+               "met": None if dry else bool(results[k]["img_s"] >= v)}
+           for k, v in GPU_GOALS.items()}
+  table(["measurement", "img/s", "step (ms)", "goal on one H100", "met"],
+        [[k, f"{r['img_s']:,.0f}", f"{r['step_ms']:.1f}", f">= {GPU_GOALS[k]:,}",
+          "-" if dry else ("yes" if goals[k]["met"] else "NO")] for k, r in results.items()]
+        + [[f"anchor: {a['what']}", f"{a['img_s']:,}", "-", "-", "-"] for a in GPU_ANCHORS],
+        f"{shape}, bf16 compute / float32 params, {kind}"
+        + (" (DRY RUN: not GPU numbers)" if dry else ""))
+  return {"device_kind": kind, "dry_run": dry, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "flags_before_jax": args.flags_before_jax, "shape": dataclasses.asdict(shape),
+          "steps": steps, "warmup": warmup, "compute_dtype": "bfloat16",
+          "param_dtype": "float32", "layout": "NHWC", "results": results, "goals": goals,
+          "anchors": list(GPU_ANCHORS)}
+
+
+def first_step(args, shapes: dict, jtl_of) -> dict:
+  """Runs --first_step_config twice on one fresh compilation cache: cold, then warm."""
   cache = tempfile.mkdtemp(prefix="jtl-bench-cache-")
   env = {**os.environ, "JTL_COMPILATION_CACHE": cache}
-  out = {"config": FIRST_STEP_CONFIG}
+  out = {"config": args.first_step_config}
+  print(f"first_step: {args.first_step_config}, cold then warm cache ...", flush=True)
   try:
     for which in ("cold", "warm"):
       workdir = os.path.join(cache, f"run-{which}")   # Inside the cache dir: one rmtree.
-      cmd = [sys.executable, "-m", "jtl.main", f"--config={FIRST_STEP_CONFIG}",
+      cmd = [sys.executable, "-m", "jtl.main", f"--config={args.first_step_config}",
              f"--workdir={workdir}", "--config.progress=False"]
       t = time.perf_counter()
       proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -322,154 +365,141 @@ def first_step() -> dict:
   finally:
     shutil.rmtree(cache, ignore_errors=True)
   out["cold_over_warm"] = out["cold"]["first_step_s"] / out["warm"]["first_step_s"]
+  table(["time to first step", "cold cache", "warm cache", "cold / warm"],
+        [["first_step_s (run start to end of step 1)", f"{out['cold']['first_step_s']:.1f} s",
+          f"{out['warm']['first_step_s']:.1f} s", f"{out['cold_over_warm']:.1f}"],
+         ["whole process (imports, steps, eval)", f"{out['cold']['process_s']:.1f} s",
+          f"{out['warm']['process_s']:.1f} s", "-"]])
   return out
 
 
-def pipeline_speed(shape: Shape, jtl: Jtl, source, quick: bool) -> dict:
-  """train_dataset's images/s alone, then feeding the step, against the step on a fixed batch."""
-  import jax
-  from jtl import data
-  it = iter(data.train_dataset(source, batch_size=shape.batch, image_size=shape.size,
-                               channels=shape.channels, augment=True, seed=0))
-  next(it)  # Starts the reader threads.
-  n, t0, least = 0, time.perf_counter(), 0.3 if quick else 5.0
-  while n < 3 or time.perf_counter() - t0 < least:
-    next(it)
-    n += 1
-  alone = n * shape.batch / (time.perf_counter() - t0)
-  # Fixed and fed steps in alternating rounds; a fed step includes waiting for its batch.
-  fns = {"fixed": jtl.train, "fed": lambda: jtl.train(jax.device_put(next(it)))}
-  fns["fed"]()
-  times = interleaved(fns, 2 if quick else 4)
-  step = shape.batch / statistics.median(times["fixed"])
-  fed = shape.batch / statistics.median(times["fed"])
-  over = paired_ratio(times["fixed"], times["fed"])
-  return {"pipeline_img_s": alone, "step_img_s": step, "fed_step_img_s": fed,
-          "pipeline_over_step": alone / step, "fed_over_fixed": over,
-          "keeps_up": bool(alone >= step and over >= 0.9), "rounds_s": times}
-
-
-def frozen(shape: Shape, jtl: Jtl, repeats: int, strategies=STRATEGIES) -> dict:
-  """One train step per strategy against the inference forward pass, in alternating rounds."""
+def prefix(args, shapes: dict, jtl_of) -> dict:
+  """The same linear probe trained with its frozen prefix recomputed every step, cached by
+  the run, and found in the cache; runs under WORKDIR/prefix."""
   import flax.traverse_util as tu
-  import jax
   import numpy as np
-  from jtl import optim, train
-  step = jax.jit(train.train_step, donate_argnums=0)   # One compile per strategy.
-  states, fns = {}, {"forward": jtl.infer}
-  for name in strategies:
-    if name == "full_finetune":   # The speed part's state and compiled step.
-      fns[name] = jtl.train
-      continue
-    states[name] = make_state(jtl.model, jtl.variables, name, shape.num_classes, shape.channels)
+  from jtl import checkpoint, runtime, train
+  from jtl.config import base_config
+  small, root = SHAPES["small"], os.path.join(args.workdir, "prefix")
 
-    def run(name=name):
-      states[name], metrics = step(states[name], jtl.batch, jtl.rng)
-      jax.block_until_ready((states[name], metrics))
-    fns[name] = run
-  for fn in fns.values():
-    fn()  # Compile and warm up.
-  times = interleaved(fns, repeats)
-  t_forward = statistics.median(times["forward"])
+  def config(**fields):
+    c = base_config()
+    c.model.name, c.model.small_stem, c.model.width = small.model, small.small_stem, small.width
+    c.data.image_size, c.data.channels, c.data.augment = small.size, small.channels, False
+    c.data.batch_size, c.data.eval_batch_size = args.prefix_batch, 500
+    c.eval_every, c.progress, c.log_every = 0, False, 10 ** 9
+    c.optim.warmup_steps = 0
+    for k, v in fields.items():
+      parent, _, leaf = k.rpartition(".")
+      (c[parent] if parent else c)[leaf] = v
+    c.checkpoint_every = c.total_steps
+    return c
+
+  shutil.rmtree(root, ignore_errors=True)
+  runtime.enable_compilation_cache()
+  images = args.prefix_shots * 5 or 30000   # Fashion-MNIST has 6000 training images a class.
+  steps = args.prefix_epochs * images // args.prefix_batch
+  print(f"prefix: linear probe, {args.prefix_epochs} epochs of {images} images ({steps} steps "
+        f"of {args.prefix_batch}), {small.model} x{small.width:g} at {small.size} px ...",
+        flush=True)
   rows = []
-  for name in strategies:
-    state = jtl.state if name == "full_finetune" else states[name]
-    rows.append({"strategy": name, "step_ms": statistics.median(times[name]) * 1e3,
-                 "x_forward": paired_ratio(times[name], times["forward"]),
-                 "trainable": int(sum(np.size(v) for k, v in tu.flatten_dict(
-                     state.params, sep="/").items() if k not in state.frozen)),
-                 "opt_state_bytes": optim.state_bytes_per_label(state.opt_state)})
-    if "full_finetune" in strategies:
-      rows[-1]["x_full"] = paired_ratio(times[name], times["full_finetune"])
-  by = {r["strategy"]: r for r in rows}
-  checks = {}
-  if "linear_probe" in by:
-    checks["linear_probe <= 1.15x forward"] = by["linear_probe"]["x_forward"] <= 1.15
-  if "partial:3" in by and "x_full" in by["partial:3"]:
-    checks["partial:3 <= 0.40x full"] = by["partial:3"]["x_full"] <= 0.40
-  return {"model": shape.model, "size": shape.size, "batch": shape.batch, "shape": str(shape),
-          "device": str(jax.devices()[0]), "forward_ms": t_forward * 1e3, "rows": rows,
-          "checks": checks, "rounds_s": times}
+  # A fresh activation cache, so that the first "auto" run computes them.
+  with tempfile.TemporaryDirectory(prefix="jtl-prefix-") as cache, \
+       mock.patch.dict(os.environ, {"JTL_PREFIX_CACHE": cache}):
+    source = os.path.join(root, "source")
+    train.train_and_evaluate(config(**{"data.classes": (0, 1, 2, 3, 4),
+                                       "total_steps": args.prefix_source_steps}), source)
+    for mode, name in (("never", "never"), ("auto", "auto"), ("auto", "auto_warm")):
+      t = time.perf_counter()
+      summary = train.train_and_evaluate(config(**{
+          "data.classes": (5, 6, 7, 8, 9), "data.shots": args.prefix_shots or None,
+          "init": source, "strategy.name": "linear_probe", "data.cache_prefix": mode,
+          "optim.lr": 0.1, "total_steps": steps}), os.path.join(root, name))
+      rows.append({"run": name, "cache_prefix": mode, "end_to_end_s": time.perf_counter() - t,
+                   "train_loop_s": summary["train_time_s"],
+                   "test_accuracy": summary["test_accuracy"],
+                   "cached_through": summary["prefix_cached_through"]})
+  a, b = (tu.flatten_dict(checkpoint.load_model(os.path.join(root, m))[0], sep="/")
+          for m in ("never", "auto"))
+  out = {"epochs": args.prefix_epochs, "images": images, "steps": steps,
+         "batch": args.prefix_batch, "rows": rows,
+         "max_param_difference": max(float(np.abs(a[k] - b[k]).max()) for k in a),
+         "speedup_end_to_end": rows[0]["end_to_end_s"] / rows[1]["end_to_end_s"],
+         "speedup_end_to_end_warm": rows[0]["end_to_end_s"] / rows[2]["end_to_end_s"],
+         "speedup_train_loop": rows[0]["train_loop_s"] / rows[1]["train_loop_s"]}
+  label = {"never": "recomputed every step", "auto": "cached (computed in this run)",
+           "auto_warm": "cached (found in the cache)"}
+  table(["prefix", "end to end (s)", "training loop (s)", "test accuracy"],
+        [[label[r["run"]], f"{r['end_to_end_s']:.1f}", f"{r['train_loop_s']:.1f}",
+          f"{r['test_accuracy']:.4f}"] for r in rows])
+  print(f"speed-up: {out['speedup_end_to_end']:.1f}x end to end "
+        f"({out['speedup_end_to_end_warm']:.1f}x with the activations already cached), "
+        f"{out['speedup_train_loop']:.1f}x in the training loop; largest parameter "
+        f"difference {out['max_param_difference']:.2e}")
+  return out
 
 
-# ---------------------------------------------------------------------------
-# Report.
-# ---------------------------------------------------------------------------
-def machine_info() -> dict:
-  import flax
-  import jax
-  from jtl import ops
-  cpu = platform.processor() or "unknown"
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-  commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                          capture_output=True, text=True).stdout.strip()
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": jax.devices()[0].platform,
-          "device": str(jax.devices()[0]), "jax": jax.__version__, "flax": flax.__version__,
-          "torch": torch_version() or "not installed", "python": platform.python_version(),
-          # jtl.ops runs CPU convolutions through oneDNN when it could build against it.
-          "jtl_conv": "oneDNN (jtl.ops)" if ops.available() else "XLA",
-          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "load_average": list(os.getloadavg()), "git": commit or None}
+RUNS = {"speed": speed, "pipeline": pipeline, "frozen": frozen, "conv": conv, "gpu": gpu,
+        "first_step": first_step, "prefix": prefix}
 
 
-def _f(x, spec=".1f"):
-  return format(x, spec) if isinstance(x, (int, float)) else str(x)
-
-
-def print_speed(results: dict) -> None:
-  print("\n| shape | jtl train img/s | PyTorch train img/s | train jtl/PyTorch | jtl inference img/s "
-        "| PyTorch inference img/s | inference jtl/PyTorch | jtl compile train / inference (s) |")
-  print("|---|---|---|---|---|---|---|---|")
-  for name, r in results.items():
-    j, t, q = r["jtl"], r["torch"], r["ratio"]
-    t = t if isinstance(t, dict) else {"train_img_s": t, "infer_img_s": t}
-    q = q if isinstance(q, dict) else {"train": q, "infer": q}
-    print(f"| {name}: {r['shape_str']} | {_f(j['train_img_s'])} | {_f(t['train_img_s'])} | "
-          f"{_f(q['train'], '.2f')} | {_f(j['infer_img_s'])} | {_f(t['infer_img_s'])} | "
-          f"{_f(q['infer'], '.2f')} | {j['compile_train_s']:.1f} / {j['compile_infer_s']:.1f} |")
-
-
-def print_frozen(r: dict) -> None:
-  print(f"\nfrozen strategies, {r['shape']}: inference forward {r['forward_ms']:.0f} ms")
-  print("| strategy | step (ms) | x forward | x full | trainable params | "
-        "optimizer state (bytes per label) |")
-  print("|---|---|---|---|---|---|")
-  for row in r["rows"]:
-    state = ", ".join(f"{k}: {v:,}" for k, v in sorted(row["opt_state_bytes"].items()))
-    print(f"| {row['strategy']} | {row['step_ms']:.0f} | {row['x_forward']:.2f} | "
-          f"{_f(row.get('x_full', '-'), '.2f')} | {row['trainable']:,} | {state} |")
-  for check, ok in r["checks"].items():
-    print(f"{'PASS' if ok else 'MISS'}: {check}")
-
-
-def main(argv=None) -> dict:
+def parse(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                      help=f"some of {', '.join(PARTS)}")
   parser.add_argument("--quick", action="store_true", help="few repeats: a smoke test")
   parser.add_argument("--shapes", default=",".join(SHAPES), help=f"some of {', '.join(SHAPES)}")
-  parser.add_argument("--parts", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
   parser.add_argument("--batches", default="", help="per-shape batch sizes, e.g. resnet50=16")
   parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)")
-  parser.add_argument("--frozen_shape", default=None,
-                      help="shape of the frozen part (default resnet18 if among --shapes, else "
-                           "the first of them)")
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count(),
                       help="PyTorch's threads (default: every core)")
   parser.add_argument("--workdir", default="runs/bench")
+  part = parser.add_argument_group("frozen, first_step and conv")
+  part.add_argument("--frozen_shape", default=None,
+                    help="default resnet18 if among --shapes, else the first of them")
+  part.add_argument("--first_step_config", default=FIRST_STEP_CONFIG)
+  part.add_argument("--conv_batch", type=int, default=32)
+  part = parser.add_argument_group("prefix")
+  part.add_argument("--prefix_epochs", type=int, default=20)
+  part.add_argument("--prefix_shots", type=int, default=0, help="per class; 0: all")
+  part.add_argument("--prefix_batch", type=int, default=500)
+  part.add_argument("--prefix_source_steps", type=int, default=50)
+  part = parser.add_argument_group("gpu")
+  part.add_argument("--gpu_model", default="resnet50")
+  part.add_argument("--gpu_batch", type=int, default=256)
+  part.add_argument("--gpu_steps", type=int, default=50, help="timed steps per measurement")
+  part.add_argument("--gpu_source", default="synthetic", choices=("synthetic", "fashion_mnist"))
+  part.add_argument("--gpu_threads", type=int, default=0,
+                    help="pipeline threads (0: jtl's default)")
+  part.add_argument("--xla_flags", default="", help="more XLA flags, space-separated")
+  part.add_argument("--dry_run", action="store_true",
+                    help="tiny sizes on whatever device there is (automatic without a GPU)")
   args = parser.parse_args(argv)
-  names, parts = args.shapes.split(","), args.parts.split(",")
-  for given, known, what in ((names, SHAPES, "shape"), (parts, PARTS, "part")):
+  args.parts = args.parts.split(",")
+  for given, known, what in ((args.parts, PARTS, "part"),
+                             (args.shapes.split(","), SHAPES, "shape")):
     if unknown := set(given) - set(known):
       parser.error(f"unknown {what}(s) {', '.join(sorted(unknown))}; expected {', '.join(known)}")
-  batches = {k: int(v) for k, v in (kv.split("=") for kv in filter(None, args.batches.split(",")))}
-  shapes = {n: dataclasses.replace(SHAPES[n], batch=batches.get(n, SHAPES[n].batch)) for n in names}
-  repeats = args.repeats or (2 if args.quick else 5)
-  started = time.perf_counter()
+  if "conv" in args.parts and os.environ.get("JTL_ONEDNN") != "1":
+    parser.error("the conv part times jtl.ops' oneDNN convolutions, which are opt-in: run it "
+                 "with JTL_ONEDNN=1 (the other parts' convolutions then use oneDNN too)")
+  args.repeats = args.repeats or (2 if args.quick else 5)
+  return args
 
+
+def main(argv=None) -> dict:
+  args = parse(argv)
+  args.flags_before_jax = "jax" not in sys.modules
+  if "gpu" in args.parts:   # Before jax starts, which the lines below make it do.
+    flags = os.environ.get("XLA_FLAGS", "").split() + [*GPU_XLA_FLAGS, *args.xla_flags.split()]
+    os.environ["XLA_FLAGS"] = " ".join(dict.fromkeys(flags))
+  batches = {k: int(v) for k, v in (kv.split("=") for kv in filter(None, args.batches.split(",")))}
+  shapes = {n: dataclasses.replace(SHAPES[n], batch=batches.get(n, SHAPES[n].batch))
+            for n in args.shapes.split(",")}
+  started = time.perf_counter()
   result = {"machine": machine_info(),
-            "settings": {"quick": args.quick, "repeats": repeats, "parts": parts,
-                         "shapes": {n: dataclasses.asdict(s) for n, s in shapes.items()}}}
+            "settings": vars(args) | {"shapes": {n: dataclasses.asdict(s)
+                                                 for n, s in shapes.items()}}}
   m = result["machine"]
   print(f"{m['cpu']}, {m['cores']} cores, {m['device']}, jax {m['jax']} (convolutions: "
         f"{m['jtl_conv']}), torch {m['torch']}, "
@@ -487,51 +517,14 @@ def main(argv=None) -> dict:
 
   def jtl_of(name):
     if name not in jtls:
-      jtls[name] = Jtl(shapes[name])
+      jtls[name] = Jtl(shapes.get(name) or SHAPES[name])
     return jtls[name]
 
-  if "speed" in parts:
-    result["speed"] = {}
-    for name, shape in shapes.items():
-      print(f"speed: {name} ({shape}) ...", flush=True)
-      r = speed(shape, jtl_of(name), repeats, args.torch_threads)
-      result["speed"][name] = r
-      ratio = r["ratio"] if isinstance(r["ratio"], str) else (
-          f"train {r['ratio']['train']:.2f}, inference {r['ratio']['infer']:.2f}")
-      print(f"  jtl train {r['jtl']['train_img_s']:.1f} img/s, inference "
-            f"{r['jtl']['infer_img_s']:.1f} img/s; jtl/PyTorch {ratio}", flush=True)
-    print_speed({n: {**r, "shape_str": str(shapes[n])} for n, r in result["speed"].items()})
-  if "pipeline" in parts:
-    from jtl import data
-    source = data.load_source("fashion_mnist", "train")
-    result["pipeline"] = {}
-    for name, shape in shapes.items():
-      print(f"pipeline: {name} ...", flush=True)
-      result["pipeline"][name] = pipeline_speed(shape, jtl_of(name), source, args.quick)
-    print("\n| shape | pipeline alone img/s | step img/s (batch on device) | step img/s fed by the "
-          "pipeline | pipeline / step | fed / on device | keeps up |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in result["pipeline"].items():
-      print(f"| {name}: {shapes[name]} | {r['pipeline_img_s']:.0f} | {r['step_img_s']:.1f} | "
-            f"{r['fed_step_img_s']:.1f} | {r['pipeline_over_step']:.1f} | "
-            f"{r['fed_over_fixed']:.2f} | {'yes' if r['keeps_up'] else 'NO'} |")
-  if "frozen" in parts:
-    name = args.frozen_shape or ("resnet18" if "resnet18" in shapes else names[0])
-    shape = shapes.get(name) or SHAPES[name]
-    jtls.setdefault(name, Jtl(shape))
-    print(f"frozen: {name} ...", flush=True)
-    strategies = ("linear_probe", "full_finetune") if args.quick else STRATEGIES
-    result["frozen"] = frozen(shape, jtls[name], repeats, strategies)
-    print_frozen(result["frozen"])
-  jtls.clear()   # Frees the models before the subprocesses start.
-  if "first_step" in parts:
-    print(f"first_step: {FIRST_STEP_CONFIG}, cold then warm cache ...", flush=True)
-    r = result["first_step"] = first_step()
-    print(f"\n| time to first step | cold cache | warm cache | cold / warm |\n|---|---|---|---|\n"
-          f"| first_step_s (run start to end of step 1) | {r['cold']['first_step_s']:.1f} s | "
-          f"{r['warm']['first_step_s']:.1f} s | {r['cold_over_warm']:.1f} |\n"
-          f"| whole process (imports, 2 steps, eval) | {r['cold']['process_s']:.1f} s | "
-          f"{r['warm']['process_s']:.1f} s | - |")
+  for name in PARTS:
+    if name not in ("speed", "pipeline", "frozen"):
+      jtls.clear()   # Frees the models that those parts share before the others start.
+    if name in args.parts:
+      result[name] = RUNS[name](args, shapes, jtl_of)
   result["machine"]["load_average_end"] = list(os.getloadavg())
   result["bench_s"] = time.perf_counter() - started
   os.makedirs(args.workdir, exist_ok=True)

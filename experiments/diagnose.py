@@ -248,7 +248,8 @@ def write(result: dict) -> str:
     inside = sum(r["lr_range"][0] <= r["sweep_lr"] <= r["lr_range"][1] for r in with_lr)
     lines += ["", f"lr: the sweep's fixed lr for the recommended strategy lies inside the "
               f"suggested range in {inside}/{len(with_lr)} recommendations (those lrs were chosen "
-              "by the main study's pilot on validation, experiments/seed_transfer_lr)."]
+              "by a pilot of the main study on validation, since folded into "
+              "experiments/seed_transfer.py)."]
   made = collections.Counter(r["recommended"] for r in recs)
   lines += ["", "Choices made: " + ", ".join(f"{s} × {n}" for s, n in made.most_common()) + "."]
   fixed = collections.defaultdict(list)

@@ -12,6 +12,13 @@ holds the labeled images followed by as many unlabeled target images:
 | cdan  | CDAN (Long et al. 2018): as DANN, on the outer product of features and class predictions |
 | coral | Deep CORAL (Sun & Saenko 2016): ||C_s - C_t||_F^2 / (4 d^2) between feature covariances |
 | mmd   | DAN (Long et al. 2015): multi-kernel MMD^2, Gaussian kernels with bandwidths σ^2 = a x (mean squared distance) for a in adapt.mmd_bandwidths |
+| tent  | TENT (Wang et al. 2021): the mean entropy of the target predictions; with strategy `tent` only BatchNorm scales and offsets train, BatchNorm in training mode |
+| shot_im | SHOT-IM (Liang et al. 2020): mean entropy minus diversity (the entropy of the mean prediction); with strategy `shot_im` the feature extractor trains and the head is frozen |
+
+`tent` and `shot_im` are source-free (SOURCE_FREE): they adapt a trained model (config.init,
+its own head loaded) and a step holds target images only, no labeled ones.
+`adapt.adabn` composes with any method: before the final evaluation every BatchNorm's
+statistics are recomputed on the target's unlabeled train images (jtl/adabn.py).
 
 The domain heads' parameters live at `params["domain_head"]`, so strategy rules and
 checkpoints cover them like any other parameter; presets train them.
@@ -32,11 +39,13 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jtl import data
-from jtl.config import ADAPT_METHODS as METHODS   # One list, which config.check reads too.
+# One list of methods (and of the source-free ones), which config.check reads too.
+from jtl.config import ADAPT_METHODS as METHODS, SOURCE_FREE_METHODS as SOURCE_FREE
 from jtl.strategy import DOMAIN_HEAD as HEAD   # Where a domain head's parameters live.
 
 ADVERSARIAL = ("dann", "cdan")   # Methods with a domain head.
@@ -112,6 +121,30 @@ def mmd(source, target, bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
   return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2.0 * kernel[:n, n:].mean()
 
 
+def entropy(probs, axis: int = -1):
+  """Shannon entropy in nats along `axis` (0 log 0 = 0, with a finite gradient there).
+
+  >>> round(float(entropy(jnp.array([0.5, 0.5]))), 4)   # log 2
+  0.6931
+  """
+  safe = jnp.where(probs > 0, probs, 1.0)
+  return -jnp.sum(probs * jnp.log(safe), axis)
+
+
+def information_maximization(logits) -> tuple[jax.Array, jax.Array]:
+  """(mean entropy of the predictions, diversity: the entropy of the mean prediction).
+
+  TENT minimizes the first; SHOT-IM minimizes the first minus the second, so that
+  predictions grow confident without collapsing onto one class.
+
+  >>> ent, div = information_maximization(jnp.array([[9.0, 0.0], [0.0, 9.0]]))
+  >>> float(ent) < 0.01 and round(float(div), 4) == 0.6931
+  True
+  """
+  probs = jax.nn.softmax(logits.astype(jnp.float32))
+  return entropy(probs).mean(), entropy(probs.mean(0))
+
+
 # ---------------------------------------------------------------------------
 # Domain heads.
 # ---------------------------------------------------------------------------
@@ -163,16 +196,22 @@ def _whole(x):
 def make_adapt_term(cfg, total_steps: int) -> Callable | None:
   """Returns term(state, params, out, logits, batch, num_labeled) -> (losses, metrics), or None.
 
-  `out[FEATURES]` and `logits` hold the labeled examples first, then the target's.
+  `out[FEATURES]` and `logits` hold the labeled examples first, then the target's (a
+  source-free method's batch has none labeled: num_labeled is 0).
   losses: {"adapt/<method>": weighted loss}; metrics: what the step logs besides (λ, and
-  the domain classifier's loss and accuracy for DANN / CDAN). The signature is the one
-  every loss term shares (jtl/regularizers.py's penalties too).
+  the domain classifier's loss and accuracy for DANN / CDAN; entropy and diversity for
+  TENT / SHOT-IM). The signature is the one every loss term shares (jtl/regularizers.py's
+  penalties too).
   """
   if cfg.method == "none":
     return None
   weight, method = float(cfg.weight), cfg.method
 
   def adapt_term(state, params, out, logits, batch, num_labeled: int):
+    if method in SOURCE_FREE:   # Labels are never read: only the target's predictions.
+      ent, div = information_maximization(logits[num_labeled:])
+      loss = ent if method == "tent" else ent - div
+      return {f"adapt/{method}": weight * loss}, {"adapt/entropy": ent, "adapt/diversity": div}
     features = out[FEATURES].astype(jnp.float32)
     fs, ft = _whole(features[:num_labeled]), _whole(features[num_labeled:])
     if method == "coral":
@@ -230,7 +269,8 @@ class Adaptation:
                config.adapt.target_batch_size or config.data.batch_size)
 
   def training_data(self, labeled: object, config, **shard) -> object:
-    """`labeled`'s batches, each with this step's unlabeled target images beside it."""
+    """`labeled`'s batches, each with this step's unlabeled target images beside it; for a
+    source-free method (tent, shot_im), the target images alone (no labeled image is read)."""
     if self.cfg.method == "none":
       return labeled
     import jax
@@ -238,11 +278,15 @@ class Adaptation:
         data.Unlabeled(self.splits["train"]), batch_size=self.batch_size // jax.process_count(),
         image_size=config.data.image_size, channels=config.data.channels,
         augment=config.data.augment, seed=data.target_seed(config.seed), labels=False, **shard)
+    if self.cfg.method in SOURCE_FREE:
+      return unlabeled.map(_target_only)
     return data.paired_dataset(labeled, unlabeled)
 
   def describe(self) -> str:
-    return (f"adapting to {self.cfg.target} with {self.cfg.method}: {len(self.splits['train'])} "
-            f"unlabeled images, {self.batch_size} a step")
+    alone = " (source-free: no labeled images)" if self.cfg.method in SOURCE_FREE else ""
+    adabn = "; AdaBN before the final evaluation" if self.cfg.adabn else ""
+    return (f"adapting to {self.cfg.target} with {self.cfg.method}{alone}: "
+            f"{len(self.splits['train'])} unlabeled images, {self.batch_size} a step{adabn}")
 
   def evaluations(self) -> dict:
     """Named splits evaluated with validation: the target's labeled carve, if any."""
@@ -251,9 +295,16 @@ class Adaptation:
   def summary(self, labeled_test: dict, target_val: dict | None) -> dict:
     """The summary's domain-adaptation fields; `labeled_test`: accuracy on config.data's test
     split (named source_test_accuracy: the source domain of the adaptation)."""
-    out = {"adapt_method": self.cfg.method, "target": self.cfg.target,
+    out = {"adapt_method": self.cfg.method, "target": self.cfg.target, "adabn": self.cfg.adabn,
            "source_test_accuracy": labeled_test["accuracy"],
            "target_train_examples": len(self.splits["train"])}
     if target_val is not None:
       out["target_val_accuracy"] = target_val["accuracy"]
     return out
+
+
+def _target_only(batch: dict) -> dict:
+  """A source-free step's batch: no labeled images (an empty "image" and "label"), the
+  target's images as data.TARGET_IMAGE."""
+  images = batch["image"]
+  return {"image": images[:0], "label": np.zeros((0,), np.int32), data.TARGET_IMAGE: images}

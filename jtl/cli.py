@@ -7,6 +7,8 @@
   jtl recommend CONFIG[:ARGS] [--out F.json]
                            a strategy, cut depth and lr range from cheap signals
   jtl predict --checkpoint DIR IMAGE [IMAGE ...]
+  jtl adapt CHECKPOINT --target DATASET --workdir DIR [--classes 0-4]
+                           AdaBN: the checkpoint's BatchNorm statistics recomputed on the target
   jtl convert SRC DST      (SRC: HF folder or hub id, .pth, BiT .npz, jtl workdir; DST: a new workdir)
   jtl sweep STUDY.py [--workdir DIR] [--print_commands]   run a study's grid (experiments/)
   jtl report DIR           RESULTS.md and plots from a sweep's results.jsonl
@@ -81,7 +83,27 @@ def parser() -> Parser:
                        help="a jtl workdir, or hf:DIR, torchvision:FILE, bit:FILE, orbax:DIR")
   predict.add_argument("--top_k", type=int, default=5, help="classes shown per image (default 5)")
   predict.add_argument("images", nargs="+", metavar="IMAGE")
+  predict.add_argument("--verbose", action="store_true",
+                       help="show library warnings and the full traceback of an error")
   predict.set_defaults(run=_predict)
+
+  adapt = sub.add_parser("adapt", help="AdaBN: a checkpoint's BatchNorm statistics recomputed on "
+                         "a target's unlabeled images", description="Recompute every BatchNorm's "
+                         "statistics of a checkpoint on a target's unlabeled train images (AdaBN, "
+                         "no training), write the result as a workdir and print the target's "
+                         "test accuracy before and after (jtl/adabn.py).")
+  adapt.add_argument("checkpoint", metavar="CHECKPOINT",
+                     help="a jtl workdir, or hf:DIR, torchvision:FILE, bit:FILE, orbax:DIR")
+  adapt.add_argument("--target", required=True, metavar="DATASET",
+                     help="the target dataset, e.g. fashion_mnist+shift:blur:5 or folder:PATH")
+  adapt.add_argument("--workdir", required=True, metavar="DIR",
+                     help="a new folder for the adapted checkpoint (config.init and jtl predict "
+                     "read it) and its summary.json")
+  adapt.add_argument("--classes", default="all", metavar="IDS",
+                     help="the target classes the checkpoint predicts, e.g. 0-4 (default all)")
+  adapt.add_argument("--data_dir", help="where the target dataset lives (as data.data_dir)")
+  adapt.add_argument("--batch_size", type=int, default=256, help="images per batch (default 256)")
+  adapt.set_defaults(run=_adapt)
 
   convert = sub.add_parser("convert", help="a checkpoint of another format into a jtl workdir",
                            description="Convert a checkpoint into a jtl workdir (orbax checkpoint "
@@ -90,6 +112,8 @@ def parser() -> Parser:
                        help="HF folder or hub id, .pth, BiT .npz, or jtl workdir (hf:, "
                        "torchvision:, bit:, orbax: prefixes)")
   convert.add_argument("dst", metavar="DST", help="a new workdir")
+  convert.add_argument("--verbose", action="store_true",
+                       help="show library warnings and the full traceback of an error")
   convert.set_defaults(run=_convert)
 
   sweep = sub.add_parser("sweep", help="run a study's grid of cells (experiments/)",
@@ -100,6 +124,7 @@ def parser() -> Parser:
   report = sub.add_parser("report", help="RESULTS.md and plots from a sweep's results.jsonl",
                           description="Write RESULTS.md and plots from a sweep's results.jsonl.")
   report.add_argument("dir", metavar="DIR", help="a sweep's workdir holding results.jsonl")
+  report.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
   report.set_defaults(run=_report)
 
   list_ = sub.add_parser("list", help="strategies, datasets, models and checkpoint formats",
@@ -138,6 +163,8 @@ def sweep_arguments(p: argparse.ArgumentParser, study_file: bool = True) -> None
   p.add_argument("--diagnose", action="store_true",
                  help="per transfer cell: weight drift and CKA per stage and a feature "
                  "picture, written to its workdir and shown by the report")
+  p.add_argument("--verbose", action="store_true",
+                 help="show library warnings and the full traceback of an error")
 
 
 def sweep_args(argv: list[str] | None = None, study=None) -> argparse.Namespace:
@@ -177,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
   except BrokenPipeError:   # `jtl sweep ... --print_commands | head`: the reader has enough.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1
+  except (KeyboardInterrupt, Exception) as e:   # Ctrl-C, SIGTERM: one line, exit 130 / 143.
+    code = _interrupted(e, getattr(args, "verbose", False))
+    if code is None:
+      raise
+    return code
 
 
 def _run_config(args: argparse.Namespace, extra: list[str]) -> int:
@@ -196,20 +228,67 @@ def _run_config(args: argparse.Namespace, extra: list[str]) -> int:
   return 0
 
 
+def _interrupted(e: BaseException, verbose: bool = False) -> int | None:
+  """For Ctrl-C or SIGTERM (a run's runtime.Preempted): one line on stderr, and the exit
+  code (130, 143); None for any other error, or with --verbose (the traceback shows)."""
+  runtime = sys.modules.get("jtl.runtime")   # Imported by every run that can be preempted.
+  if verbose or os.environ.get("JTL_TRACEBACK"):
+    return None
+  if runtime and isinstance(e, runtime.Preempted):
+    print(f"jtl: {e}", file=sys.stderr)
+    return e.code
+  if isinstance(e, KeyboardInterrupt):
+    print("jtl: interrupted; rerun the same command to go on (a sweep keeps its finished "
+          "cells, and a run resumes from its last checkpoint).", file=sys.stderr)
+    return 130
+  return None
+
+
+def quiet_libraries(verbose: bool) -> None:
+  """Hides library log lines that say nothing to a researcher (orbax's "Metadata file does
+  not exist", its save and restore chatter) unless --verbose."""
+  import logging as py_logging
+
+  from absl import logging
+  logging.set_verbosity(logging.WARNING if verbose else logging.ERROR)
+  py_logging.getLogger("asyncio").setLevel(py_logging.WARNING if verbose else py_logging.CRITICAL)
+
+
 def _predict(args: argparse.Namespace, _) -> int:
+  quiet_libraries(args.verbose)
   from jtl import predict   # JAX is imported only here.
   try:
     print(predict.describe(args.checkpoint, args.images, args.top_k))
   except (ValueError, FileNotFoundError) as e:
+    if args.verbose:
+      raise
     fail(first_line(e))
+  return 0
+
+
+def _adapt(args: argparse.Namespace, _) -> int:
+  from jtl import adabn   # JAX is imported only here.
+  from jtl.config import parse_classes
+  try:
+    s = adabn.adapt_checkpoint(args.checkpoint, args.target, args.workdir,
+                               classes=parse_classes(args.classes), data_dir=args.data_dir,
+                               batch_size=args.batch_size)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    fail(first_line(e))
+  print(f"{args.target}: test accuracy {100 * s['test_accuracy_before_adabn']:.1f} % before "
+        f"AdaBN, {100 * s['test_accuracy']:.1f} % after (BatchNorm statistics from "
+        f"{s['target_train_examples']} unlabeled train images)\nwrote {args.workdir}")
   return 0
 
 
 def _convert(args: argparse.Namespace, _) -> int:
   from jtl import convert
+  quiet_libraries(args.verbose)
   try:
     meta = convert.convert(args.src, args.dst)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
+    if args.verbose:
+      raise
     fail(first_line(e))
   print(f"wrote {args.dst}: {meta['model']['name']}, {meta['model']['num_classes']} classes, "
         f"{meta['data']['image_size']} px")
@@ -221,6 +300,8 @@ def _report(args: argparse.Namespace, _) -> int:
   try:
     print(report.write_report(args.dir))
   except (ValueError, FileNotFoundError) as e:
+    if args.verbose:
+      raise
     fail(first_line(e))
   return 0
 
@@ -230,20 +311,27 @@ def run_study(study, argv: list[str] | None = None) -> int:
 
   >>> sys.exit(run_study(STUDY))   # at the end of experiments/seed_transfer.py  # doctest: +SKIP
   """
-  return run_sweep(sweep_args(argv, study), study)
+  args = sweep_args(argv, study)
+  try:
+    return run_sweep(args, study)
+  except (KeyboardInterrupt, Exception) as e:   # Ctrl-C, SIGTERM: one line, exit 130 / 143.
+    code = _interrupted(e, args.verbose)
+    if code is None:
+      raise
+    return code
 
 
 def run_sweep(args: argparse.Namespace, study=None) -> int:
   """`jtl sweep`: run the study's unfinished cells, then write RESULTS.md; 2 on a bad study."""
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
+  verbose = getattr(args, "verbose", False)
+  quiet_libraries(verbose)
   from jtl import report, sweep
   try:
     study = study or sweep.load_study(args.study)
     root = args.workdir or os.path.join("runs", study.name)
     sweep.run(study, root, print_commands=args.print_commands, diagnose=args.diagnose)
   except (ValueError, FileNotFoundError) as e:
-    if os.environ.get("JTL_TRACEBACK"):
+    if os.environ.get("JTL_TRACEBACK") or verbose:
       raise
     print(f"jtl: error: {first_line(e)}", file=sys.stderr)
     return 2

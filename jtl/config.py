@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -69,6 +70,15 @@ def check(c) -> None:
                        "optim.warmup_steps": c.optim.warmup_steps}.items():
     if value < 0:
       raise ValueError(f"config field {field}={value!r} must be >= 0.")
+  for field in ("val_fraction", "test_fraction"):
+    value = c.data[field]
+    if value is not None and not 0 < value < 1:
+      raise ValueError(f"config field data.{field}={value!r} must be between 0 and 1 "
+                       "(a fraction of each class), or None.")
+  if c.data.val_per_class and c.data.val_fraction:
+    raise ValueError(f"config fields data.val_per_class={c.data.val_per_class} and "
+                     f"data.val_fraction={c.data.val_fraction} both carve validation; set "
+                     "data.val_per_class=0 or data.val_fraction=None.")
   if c.data.batch_size % c.optim.accum_steps:
     raise ValueError(f"config field data.batch_size={c.data.batch_size} must be divisible by "
                      f"optim.accum_steps={c.optim.accum_steps}.")
@@ -78,6 +88,15 @@ def check(c) -> None:
   if c.adapt.method != "none" and not c.adapt.target:
     raise ValueError(f"config field adapt.method={c.adapt.method!r} needs unlabeled target "
                      "images: set adapt.target to a dataset (e.g. fashion_mnist+shift:invert:1).")
+  if c.adapt.get("adabn") and not c.adapt.target:
+    raise ValueError("config field adapt.adabn=True recomputes BatchNorm statistics on unlabeled "
+                     "target images: set adapt.target to a dataset (e.g. "
+                     "fashion_mnist+shift:blur:5).")
+  if c.adapt.method in SOURCE_FREE_METHODS:
+    if not c.init or any(re.fullmatch(p, "head/kernel") for p in c.dont_load):
+      raise ValueError(f"config field adapt.method={c.adapt.method!r} adapts a trained model with "
+                       "its own classifier: set config.init to its checkpoint and "
+                       "--config.dont_load='()' (the head is loaded, not re-initialized).")
   if c.adapt.weight < 0 or c.adapt.target_batch_size < 0 or c.adapt.target_val_per_class < 0:
     raise ValueError("config fields adapt.weight, adapt.target_batch_size and "
                      "adapt.target_val_per_class must be >= 0.")
@@ -88,8 +107,9 @@ def check(c) -> None:
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Domain adaptation's methods (jtl/adapt.py implements them; named here so that checking a
-# config needs no JAX).
-ADAPT_METHODS = ("none", "dann", "cdan", "coral", "mmd")
+# config needs no JAX). The source-free ones train on target images alone.
+SOURCE_FREE_METHODS = ("tent", "shot_im")
+ADAPT_METHODS = ("none", "dann", "cdan", "coral", "mmd", "tent", "shot_im")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -118,6 +138,11 @@ def base_config() -> ml_collections.ConfigDict:
       classes=ml_collections.FieldReference(None, field_type=tuple),
       shots=ml_collections.FieldReference(None, field_type=int),
       val_per_class=0, skip_corrupt=False,
+      # Validation as a fraction of each train class instead of a count (val_per_class=0).
+      val_fraction=ml_collections.FieldReference(None, field_type=float),
+      # A folder:PATH without train/ and test/: this fraction of each class is the test split,
+      # carved with a fixed seed (jtl/data/folder.py); None refuses such a folder's test split.
+      test_fraction=ml_collections.FieldReference(0.2, field_type=float),
       image_size=224, channels=3, augment=True, batch_size=128, eval_batch_size=256,
       # More test sets, scored at the end as summary["test_accuracy@NAME"]: datasets over the
       # same classes, e.g. ("fashion_mnist+shift:blur:3",) for out-of-distribution accuracy.
@@ -173,7 +198,11 @@ def base_config() -> ml_collections.ConfigDict:
   # the target's test split; its labels are never read in training.
   c.adapt = ml_collections.ConfigDict(dict(
       target="",             # Unlabeled target images: a dataset name, e.g. fashion_mnist+shift:invert:1.
-      method="none",         # none (source only), dann, cdan, coral, mmd.
+      # none (source only), dann, cdan, coral, mmd; source-free (no labeled images): tent, shot_im.
+      method="none",
+      # AdaBN: before the final evaluation, every BatchNorm's statistics are recomputed on the
+      # target's unlabeled train images (exact population mean and variance); any method.
+      adabn=False,
       weight=1.0,            # The term's coefficient.
       target_batch_size=0,   # Unlabeled images per step (0: data.batch_size).
       target_val_per_class=0,   # Labeled target images per class carved off for validation.
@@ -226,6 +255,39 @@ def first_line(e: BaseException) -> str:
   """The first line of an error's message (a KeyError's without its quotes)."""
   text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
   return (text.strip().splitlines() or [type(e).__name__])[0]
+
+
+MAIN_DATASET = "fashion_mnist"   # The main study's dataset: its configs split its classes.
+
+
+def dataset_defaults(dataset: str, classes: str, val: str, main_classes: str,
+                     main_val: int) -> dict:
+  """The data fields of a config argument string's `classes` and `val`, where "auto" picks
+  for the dataset: the main study's class subset on MAIN_DATASET, every class on any other;
+  `main_val` examples per class for validation, but 10 % of each class on an image folder
+  (its classes may be few and small).
+
+  >>> dataset_defaults("folder:x", "auto", "auto", "0-4", 100)
+  {'classes': None, 'val_per_class': 0, 'val_fraction': 0.1}
+  >>> dataset_defaults("fashion_mnist", "auto", "20", "5-9", 100)["val_per_class"]
+  20
+  """
+  if classes == "auto":
+    classes = main_classes if dataset == MAIN_DATASET else "all"
+  if val == "auto":
+    folder = dataset.startswith("folder:") or os.path.isdir(dataset.split("+shift:")[0])
+    val = "0.1" if folder else str(main_val)
+  try:
+    number = float(val)
+  except ValueError:
+    raise ValueError(f"config argument val={val!r} must be a count per class (e.g. 100), "
+                     "a fraction of each class (e.g. 0.1), 0, or auto.") from None
+  fraction = 0 < number < 1
+  if number < 0 or not fraction and number != int(number):
+    raise ValueError(f"config argument val={val!r} must be a count per class (e.g. 100), "
+                     "a fraction of each class (e.g. 0.1), 0, or auto.")
+  return {"classes": parse_classes(classes), "val_per_class": 0 if fraction else int(number),
+          "val_fraction": number if fraction else None}
 
 
 def parse_classes(spec: str) -> tuple[int, ...] | None:

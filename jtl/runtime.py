@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import jax
 from tqdm import tqdm
@@ -71,7 +72,16 @@ def log(message: str) -> None:
 
 
 def show_progress(cfg) -> bool:
-  return bool(cfg.progress) and jax.process_index() == 0
+  """Progress bars only on a terminal: written to a file or a pipe, a bar's carriage
+  returns and cursor moves are noise, so the run prints a plain line every log_every steps."""
+  return bool(cfg.progress) and jax.process_index() == 0 and _is_terminal(sys.stderr)
+
+
+def _is_terminal(stream) -> bool:
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):   # replaced, or closed
+    return False
 
 
 def progress(bar, cfg, step: int, metrics: dict, lr: float, speed: float) -> None:

@@ -141,6 +141,12 @@ PRESETS = {
     "bitfit": lambda *a: [Phase(0, (("head/.*", TRAIN), (".*/bias", TRAIN), (".*", FREEZE)))],
     "norm_only": lambda *a: [Phase(0, (("head/.*", TRAIN), (r".*/bn\d*/(scale|bias)", TRAIN),
                                        (".*", FREEZE)))],
+    # Test-time adaptation from a checkpoint (with adapt.method of the same name, jtl/adapt.py).
+    # TENT (Wang et al. 2021): BatchNorm scales and offsets only; "auto" puts every BatchNorm
+    # in training mode, since every stage has one that trains.
+    "tent": lambda *a: [Phase(0, ((r".*/bn\d*/(scale|bias)", TRAIN), (".*", FREEZE)))],
+    # SHOT-IM (Liang et al. 2020): the feature extractor trains, the classifier is frozen.
+    "shot_im": lambda *a: [Phase(0, (("head/.*", FREEZE), (".*", TRAIN)))],
 }
 NEEDS_ARG = ("partial", "freeze_through", "surgical")
 # One line each, for `jtl list` and error messages.
@@ -157,6 +163,9 @@ DESCRIPTIONS = {
              "(lr x strategy.ft_lr_mult; BatchNorm per strategy.ft_bn)",
     "bitfit": "biases (BatchNorm offsets) and the head (Ben Zaken et al. 2022)",
     "norm_only": "BatchNorm scales and offsets and the head",
+    "tent": "BatchNorm scales and offsets only, BatchNorm in training mode (TENT; with "
+            "adapt.method=tent)",
+    "shot_im": "everything but the head, which stays frozen (SHOT-IM; with adapt.method=shot_im)",
 }
 
 

@@ -26,7 +26,8 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jtl import adapt, checkpoint, convert, data, models, optim, prefix_cache, runtime, strategy
+from jtl import adabn, adapt, checkpoint, convert, data, models, optim, prefix_cache, runtime
+from jtl import strategy
 from jtl import config as config_lib
 from jtl import workdir as workdir_lib
 from jtl import writers
@@ -94,7 +95,8 @@ def train_step(state: TrainState, batch, rng) -> tuple[TrainState, dict]:
       "loss": loss,               # The data term alone, comparable across strategies.
       "total_loss": total,
       **terms,    # penalty/<name>, adapt/<method> and what adaptation logs besides.
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      # NaN when a step holds no labeled images (source-free adaptation, jtl/adapt.py).
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]) if len(logits) else jnp.nan,
       "grad_norm": optax.tree.norm(grads),
       "update_norm": optax.tree.norm(updates),
       "param_norm": optax.tree.norm(params),
@@ -120,7 +122,8 @@ def _loss(state: TrainState, params, batch_stats, batch, rng):
   if data.TARGET_IMAGE in batch:
     images = jnp.concatenate([images, batch[data.TARGET_IMAGE]])
   logits, out, batch_stats = state.apply_fn(variables, images, train=True, rng=rng)
-  loss = state.loss_fn(logits[:n], batch["label"]).mean()
+  # No labeled images (source-free adaptation): the loss terms are the whole loss.
+  loss = state.loss_fn(logits[:n], batch["label"]).mean() if n else jnp.zeros((), jnp.float32)
   added, terms = 0.0, {}
   for term in state.loss_terms:
     losses, metrics = term(state, params, out, logits, batch, n)
@@ -366,6 +369,24 @@ def summarize(config, workdir, state, test, *, extra, validation, adaptation, la
   return summary
 
 
+def adapt_to_target(config, state, adaptation, sharding) -> tuple[TrainState, dict]:
+  """(state, label-free scores) before the final evaluation of a run with a target: with
+  adapt.adabn, every BatchNorm's statistics recomputed exactly on the target's unlabeled
+  train images (AdaBN); then the scores of the final model's predictions on those images
+  (jtl/adabn.py). No target label is read."""
+  pool, variables = adaptation.splits["train"], {"params": state.params,
+                                                 "batch_stats": state.batch_stats}
+  images = dict(batch_size=config.data.eval_batch_size, image_size=config.data.image_size,
+                channels=config.data.channels)
+  if config.adapt.adabn:
+    stats = adabn.recompute_batch_stats(state.apply_fn, variables, pool, **images)
+    state = state.replace(batch_stats=jax.device_put(stats, sharding))
+    variables["batch_stats"] = state.batch_stats
+    log(f"AdaBN: BatchNorm statistics recomputed on {len(pool)} unlabeled images of "
+        f"{config.adapt.target} (the checkpoint keeps the trained ones)")
+  return state, adabn.label_free_scores(state.apply_fn, variables, pool, **images)
+
+
 # ---------------------------------------------------------------------------
 # The run.
 # ---------------------------------------------------------------------------
@@ -406,6 +427,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     _write_model_json(workdir, config, built, num_classes, splits["train"].class_names)
     skipped = _write_skipped(workdir, {**splits, **{f"target_{k}": v for k, v in (
         adaptation.splits if adaptation else {}).items()}})
+    data.write_split_file(workdir, splits)   # A carved folder's test images, listed (issue 21).
 
     # ---- Resume --------------------------------------------------------------
     mgr = checkpoint.manager(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -465,7 +487,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_time = time.time() - t0
 
     # ---- Final evaluation -------------------------------------------------------
-    # With a domain-adaptation target, test accuracy is the target's.
+    # With a domain-adaptation target, test accuracy is the target's; first AdaBN (if
+    # adapt.adabn) and the label-free scores, on its unlabeled train images.
+    state, target_scores = (adapt_to_target(config, state, adaptation, replicated)
+                            if adaptation else (state, {}))
     test_split = adaptation.splits["test"] if adaptation else splits["test"]
     test = evaluate(eval_step_fn, state, test_split, config, put)
     labeled_test = None
@@ -480,7 +505,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         adaptation=adaptation, labeled_test=labeled_test,
                         train_examples=len(splits["train"]), test_examples=len(test_split),
                         timing=(train_time, first_step_s, images_seen), strat=strat,
-                        cached_from=cached_from, skipped=skipped)
+                        cached_from=cached_from, skipped=skipped) | target_scores
     writer.write(config.total_steps, {f"test/{k}": v for k, v in test.items()})
     if jax.process_index() == 0:
       writers.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
@@ -489,10 +514,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _log_step(writer, bar, config, step, metrics, hparams, speed, mgr, workdir) -> None:
   """One step's metrics and each label's lr to the log and the bar; a NaN loss stops here."""
-  if not np.isfinite(metrics["loss"]):
+  if not np.isfinite(metrics["total_loss"]):   # The data term and every added term.
     good = mgr.latest_step()
     raise FloatingPointError(
-        f"loss became {metrics['loss']} at step {step}; stopped. The last good checkpoint "
+        f"loss became {metrics['total_loss']} at step {step}; stopped. The last good checkpoint "
         f"({'step ' + str(good) if good is not None else 'none yet'}) is kept in "
         f"{os.path.join(workdir, checkpoint.CHECKPOINTS)}.")
   # Each label's lr as its optimizer applies it at this step (optax counts from 0).

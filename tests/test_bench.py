@@ -1,32 +1,49 @@
-"""The benchmarks run end to end on their smallest settings and write what they promise."""
+"""The benchmark's parts run end to end on their smallest settings and write what they promise."""
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
 import bench  # noqa: E402
-import bench_gpu  # noqa: E402
+import bench_lib  # noqa: E402
+
+MACHINE_KEYS = {"cpu", "cores", "jax", "platform", "device_kind", "date", "jtl_conv",
+                "load_average", "load_average_end"}
 
 
 def positive(x):
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
+def written(tmp_path, out=None):
+  """bench.json, checked to be what main returned (when given) and to hold the machine."""
+  result = json.loads((tmp_path / "bench.json").read_text())
+  if out is not None:
+    assert result == json.loads(json.dumps(out))
+  assert MACHINE_KEYS <= set(result["machine"]) and result["machine"]["cores"] >= 1
+  assert positive(result["bench_s"])
+  return result
+
+
 @pytest.mark.slow
 def test_bench_quick_small(tmp_path):
-  # first_step is left out: it runs the trainer twice in subprocesses (~40 s on 2 cores).
   out = bench.main(["--quick", "--shapes", "small", "--batches", "small=16",
                     "--parts", "speed,pipeline,frozen", "--workdir", str(tmp_path)])
-  assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(out))
-  assert {"cpu", "cores", "jax", "platform", "date", "jtl_conv"} <= set(out["machine"])
-  assert set(out) >= {"speed", "pipeline", "frozen"} and "first_step" not in out
+  written(tmp_path, out)
+  assert {"speed", "pipeline", "frozen"} <= set(out) and not {"first_step", "prefix"} & set(out)
+  assert out["settings"]["parts"] == ["speed", "pipeline", "frozen"]
+  assert out["settings"]["shapes"]["small"]["batch"] == 16 and out["settings"]["repeats"] == 2
 
   speed = out["speed"]["small"]
   assert speed["shape"]["batch"] == 16 and speed["params"] > 0
+  assert len(speed["rounds_s"]["jtl_train"]) == 2
   for key in ("train_img_s", "infer_img_s", "compile_train_s", "compile_infer_s"):
     assert positive(speed["jtl"][key]), key
   if bench.torch_version():
@@ -40,12 +57,85 @@ def test_bench_quick_small(tmp_path):
     assert positive(pipe[key]), key
   assert isinstance(pipe["keeps_up"], bool)
 
-  rows = {r["strategy"]: r for r in out["frozen"]["rows"]}
-  assert set(rows) == {"linear_probe", "full_finetune"}
+  frozen = out["frozen"]
+  rows = {r["strategy"]: r for r in frozen["rows"]}
+  assert set(rows) == {"linear_probe", "full_finetune"} and frozen["model"] == "resnet18"
   assert all(positive(r["step_ms"]) and positive(r["x_forward"]) for r in rows.values())
+  assert rows["full_finetune"]["x_full"] == 1.0
+  assert list(frozen["checks"]) == ["linear_probe <= 1.15x forward"]
   # A frozen backbone holds no optimizer state: the probe's state is the head's alone.
   assert rows["linear_probe"]["trainable"] == 512 // 4 * 5 + 5   # The head of width 0.25.
   assert rows["linear_probe"]["opt_state_bytes"]["train"] == 4 * rows["linear_probe"]["trainable"]
+  assert rows["full_finetune"]["trainable"] == speed["params"]   # Every parameter trains.
+
+
+@pytest.mark.slow
+def test_bench_first_step_tiny(tmp_path):
+  # Two runs of the tiny config in fresh processes, the first with an empty compile cache.
+  config = "configs/tiny.py:steps=2"
+  out = bench.main(["--parts", "first_step", "--first_step_config", config,
+                    "--workdir", str(tmp_path)])
+  written(tmp_path, out)
+  first = out["first_step"]
+  assert first["config"] == config and first["cache_bytes"] > 0
+  for which in ("cold", "warm"):
+    assert positive(first[which]["first_step_s"]), which
+    assert first[which]["process_s"] > first[which]["first_step_s"], which
+  assert first["cold_over_warm"] == first["cold"]["first_step_s"] / first["warm"]["first_step_s"]
+
+
+@pytest.mark.slow
+def test_bench_prefix_tiny(tmp_path):
+  # A source run and three linear probes of 2 steps on 10 shots a class.
+  out = bench.main(["--parts", "prefix", "--prefix_epochs", "1", "--prefix_shots", "10",
+                    "--prefix_batch", "25", "--prefix_source_steps", "2",
+                    "--workdir", str(tmp_path)])
+  written(tmp_path, out)
+  prefix = out["prefix"]
+  assert (prefix["images"], prefix["steps"], prefix["batch"]) == (50, 2, 25)
+  assert [(r["run"], r["cache_prefix"]) for r in prefix["rows"]] == [
+      ("never", "never"), ("auto", "auto"), ("auto_warm", "auto")]
+  never, auto, warm = prefix["rows"]
+  assert never["cached_through"] is None and auto["cached_through"] == warm["cached_through"]
+  assert auto["cached_through"]   # A linear probe caches its whole backbone.
+  assert all(positive(r["end_to_end_s"]) and positive(r["train_loop_s"]) for r in prefix["rows"])
+  # The cached activations train the same head as the backbone recomputed every step.
+  assert prefix["max_param_difference"] <= 1e-5
+  assert never["test_accuracy"] == pytest.approx(auto["test_accuracy"], abs=1e-3)
+  assert (tmp_path / "prefix" / "auto_warm").is_dir()
+
+
+@pytest.mark.slow
+def test_bench_conv_and_gpu_dry_run_in_a_fresh_process(tmp_path):
+  # A fresh process: XLA_FLAGS must be set before jax starts, and oneDNN (opt-in) once
+  # aborted a long test session (see tests/test_ops.py).
+  run = subprocess.run(
+      [sys.executable, str(EXPERIMENTS / "bench.py"), "--parts", "conv,gpu", "--dry_run",
+       "--gpu_model", "resnet18", "--conv_batch", "2", "--quick", "--workdir", str(tmp_path)],
+      cwd=EXPERIMENTS.parent, env=dict(os.environ, JTL_ONEDNN="1"), capture_output=True,
+      text=True, timeout=600)
+  assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+  out = written(tmp_path)
+  assert set(out) & set(bench.PARTS) == {"conv", "gpu"}
+  assert out["machine"]["jtl_conv"] == "oneDNN (jtl.ops)"
+
+  conv = out["conv"]
+  assert [r["pass"] for r in conv] == ["fwd", "dgrad", "wgrad"] * len(bench.CONV_LAYERS)
+  assert {r["layer"]["batch"] for r in conv} == {2}
+  for r in conv:
+    assert positive(r["xla_ms"]) and positive(r["onednn_ms"]) and positive(r["xla_over_onednn"])
+    assert positive(r["torch_ms"]) if bench.torch_version() else r["torch_ms"] == "not installed"
+  assert "| 3x3/1, batch 2, 56x56, 64->64 | wgrad |" in run.stdout
+
+  gpu = out["gpu"]
+  assert gpu["flags_before_jax"] is True and gpu["dry_run"] is True
+  assert set(bench.GPU_XLA_FLAGS) <= set(gpu["xla_flags"].split())
+  assert gpu["compute_dtype"] == "bfloat16" and gpu["shape"]["model"] == "resnet18"
+  for key in ("synthetic", "pipeline"):
+    assert positive(gpu["results"][key]["img_s"]), key
+    assert gpu["goals"][key]["met"] is None   # A dry run judges no goal.
+  assert positive(gpu["results"]["pipeline"]["host_pipeline_img_s"])
+  assert "DRY RUN: not GPU numbers" in run.stdout
 
 
 def test_torch_resnet_matches_jtl():
@@ -53,10 +143,10 @@ def test_torch_resnet_matches_jtl():
   import jax
   import jax.numpy as jnp
   from jtl import models
-  for name, shape in bench.SHAPES.items():
+  for name, shape in bench_lib.SHAPES.items():
     model = models.get_model(shape.model, num_classes=shape.num_classes,
                              small_stem=shape.small_stem, width=shape.width)
-    ref = bench.torch_resnet(shape)
+    ref = bench_lib.torch_resnet(shape)
     abstract = jax.eval_shape(model.init, jax.random.key(0),
                               jnp.zeros((1, shape.size, shape.size, shape.channels)))
     assert sum(p.numel() for p in ref.parameters()) == models.count_params(abstract["params"]), name
@@ -64,17 +154,13 @@ def test_torch_resnet_matches_jtl():
       assert ref(torch.zeros(2, shape.channels, shape.size, shape.size)).shape == (2, 5)
 
 
-def test_bench_unknown_shape_refused():
+@pytest.mark.parametrize("argv, message", [
+    (["--shapes", "resnet19"], "unknown shape(s) resnet19"),
+    (["--parts", "speed,frozn"], "unknown part(s) frozn"),
+    (["--parts", "conv"], "JTL_ONEDNN=1"),
+])
+def test_bench_refuses_before_it_starts(argv, message, monkeypatch, capsys):
+  monkeypatch.delenv("JTL_ONEDNN", raising=False)
   with pytest.raises(SystemExit):
-    bench.main(["--shapes", "resnet19"])
-
-
-@pytest.mark.slow
-def test_bench_gpu_dry_run(tmp_path):
-  out = bench_gpu.main(["--dry_run", "--model", "resnet18", "--workdir", str(tmp_path)])
-  assert json.loads((tmp_path / "bench_gpu.json").read_text())["dry_run"] is True
-  assert out["settings"]["compute_dtype"] == "bfloat16"
-  for key in ("synthetic", "pipeline"):
-    assert positive(out["results"][key]["img_s"]), key
-    assert out["goals"][key]["met"] is None   # A dry run judges no goal.
-  assert positive(out["results"]["pipeline"]["host_pipeline_img_s"])
+    bench.main(argv)
+  assert message in capsys.readouterr().err

@@ -337,8 +337,8 @@ def test_truncated_files_named(hf, bit_npz, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "bert"}, "'bert' model"),
     ({"downsample_in_first_stage": True}, "downsample_in_first_stage"),
-    ({"embedding_size": 32}, "embedding_size 32"),
-    ({"depths": [2, 2, 2]}, "depths"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+    ({"depths": [2, 2, 2]}, r"depths \[2, 2, 2\].*jtl's ResNet has 4 stages"),
 ])
 def test_config_refused(tmp_path, change, message):
   config = {**HF_ARCHS["resnet18"], "model_type": "resnet", **change}
@@ -455,3 +455,68 @@ def test_an_unreachable_hub_id_gets_one_sentence(monkeypatch, tmp_path):
   (tmp_path / "runs").mkdir()
   with pytest.raises(FileNotFoundError, match="runs/source does not exist; a source model"):
     convert.load("runs/source")    # A missing path under a local folder is no hub id.
+
+
+# ---- Narrow and odd Hugging Face ResNets (issue 21) -------------------------------------
+NARROW = {   # jtl's own resnet18 at width 0.25, then shapes no jtl preset has.
+    "width_quarter": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                          depths=[2, 2, 2, 2], layer_type="basic"),
+    "odd_basic": dict(embedding_size=12, hidden_sizes=[10, 20, 36, 52],
+                      depths=[1, 2, 1, 1], layer_type="basic"),
+    "odd_bottleneck": dict(embedding_size=20, hidden_sizes=[24, 40, 64, 100],
+                           depths=[1, 1, 2, 1], layer_type="bottleneck"),
+}
+
+
+def randomized(model):
+  """`model` with non-trivial BatchNorm statistics, in eval mode."""
+  torch.manual_seed(1)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.2)
+        m.running_mean.normal_(0, 0.2), m.running_var.uniform_(0.5, 2.0)
+  return model.eval()
+
+
+@pytest.mark.parametrize("shape", list(NARROW))
+def test_narrow_and_odd_hf_resnets_load_with_matching_logits(tmp_path, images, shape):
+  torch.manual_seed(0)
+  config = transformers.ResNetConfig(**NARROW[shape], num_labels=3)
+  model = randomized(transformers.ResNetForImageClassification(config))
+  model.save_pretrained(str(tmp_path))
+  with torch.no_grad():
+    ref = model(torch.from_numpy(images)).logits.numpy()
+  _, _, meta = convert.load(str(tmp_path))
+  if shape == "width_quarter":   # exactly jtl's resnet18 at width 0.25: said so by name
+    assert (meta["model"]["name"], meta["model"]["width"]) == ("resnet18", 0.25)
+    assert "stage_widths" not in meta["model"]
+  else:
+    assert meta["model"]["stage_widths"] == NARROW[shape]["hidden_sizes"]
+    assert meta["model"]["stage_sizes"] == NARROW[shape]["depths"]
+  assert max_diff(jtl_logits(str(tmp_path), images), ref, f"hf {shape}") <= TOL
+
+
+def test_a_narrow_hf_backbone_gives_the_same_features(tmp_path, images):
+  """A ResNetModel (no classifier) of odd widths: jtl's pooled features equal HF's."""
+  torch.manual_seed(0)
+  config = transformers.ResNetConfig(**NARROW["odd_bottleneck"])
+  model = randomized(transformers.ResNetModel(config))
+  model.save_pretrained(str(tmp_path))
+  with torch.no_grad():
+    ref = model(torch.from_numpy(images)).pooler_output.numpy()[:, :, 0, 0]
+  loaded = convert.load(str(tmp_path))
+  jtl_model = convert.build_model(loaded[2], num_classes=1)
+  variables, _ = convert.load_into(zeros_like_init(jtl_model), loaded, dont_load=("head/.*",))
+  _, out = jax.jit(jtl_model.apply)(variables, images.transpose(0, 2, 3, 1))
+  assert max_diff(np.asarray(out["pre_logits"]), ref, "hf backbone features") <= TOL
+
+
+def test_hf_weights_narrower_than_their_config_are_refused(tmp_path):
+  config = transformers.ResNetConfig(**NARROW["odd_basic"])
+  transformers.ResNetForImageClassification(config).save_pretrained(str(tmp_path))
+  raw = json.loads((tmp_path / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**raw, "hidden_sizes": [10, 20, 36, 64]}))
+  with pytest.raises(ValueError, match=r"config.json gives channel widths \[12, 10, 20, 36, 64\].*"
+                     r"weights have \[12, 10, 20, 36, 52\]"):
+    convert.load(str(tmp_path))

@@ -294,8 +294,8 @@ def tiny_hf(tmp_path_factory):
     ("bottleneck", RESNET18,
      "config.json gives depths [2, 2, 2, 2] of basic blocks, but the weights have [2, 2, 2, 2] "
      "bottleneck blocks"),
-    ("basic", RESNET18, "is a resnet18 with channel widths [8, 8, 16, 32, 64] (stem, stage1..4); "
-                        "only the standard widths [64, 64, 128, 256, 512]"),
+    ("basic", RESNET18, "config.json gives channel widths [64, 64, 128, 256, 512] (embedding_size, "
+                        "hidden_sizes), but the weights have [8, 8, 16, 32, 64]"),
 ])
 def test_hf_weights_that_do_not_match_the_config(tmp_path, tiny_hf, layer, config, fragment):
   refused(hf_folder(tmp_path, tiny_hf[layer], config), str(tmp_path), fragment)

@@ -18,7 +18,7 @@ FLOORS = {
     # 1: data and models.
     "jtl.data": 1, "jtl.models": 1,
     # 2: what a run is made of.
-    "jtl.strategy": 2, "jtl.optim": 2, "jtl.regularizers": 2, "jtl.adapt": 2,
+    "jtl.strategy": 2, "jtl.optim": 2, "jtl.regularizers": 2, "jtl.adapt": 2, "jtl.adabn": 2,
     "jtl.checkpoint": 2, "jtl.convert": 2, "jtl.prefix_cache": 2,
     # 3: the trainer and what reads one model.
     "jtl.train": 3, "jtl.dry_run": 3, "jtl.predict": 3,

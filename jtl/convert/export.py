@@ -59,7 +59,7 @@ def detect_format(src: str) -> str:
     return "huggingface"  # A hub id such as microsoft/resnet-50 (not a path under a local folder).
   raise FileNotFoundError(
       f"{src} does not exist; a source model comes from ./launch.sh experiments/seed_transfer.py "
-      "(it leaves one in runs/seed_transfer/source/run) or ./launch.sh configs/source.py "
+      "(it leaves one in runs/seed_transfer/source/seed=0) or ./launch.sh configs/source.py "
       "--workdir DIR, or give a checkpoint (hf:, torchvision:, bit:).")
 
 

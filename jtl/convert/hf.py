@@ -1,8 +1,9 @@
 """Hugging Face ResNet folders (`config.json` + `model.safetensors`) into jtl's ResNet.
 
-The layout of `microsoft/resnet-18` ... `resnet-152`. The config is checked
-with transformers' `ResNetConfig` and anything jtl's ResNet v1.5 cannot
-reproduce exactly is refused; weights are read from safetensors (bf16 included),
+The layout of `microsoft/resnet-18` ... `resnet-152`, at any depths and
+widths (embedding_size, hidden_sizes) of four stages, basic or bottleneck. The
+config is checked with transformers' `ResNetConfig` and anything jtl's ResNet
+v1.5 cannot reproduce exactly is refused; weights are read from safetensors (bf16 included),
 or from a `pytorch_model.bin` without running code. Names are translated to
 torchvision's, so one mapping (jtl.convert.torchvision) places them all.
 
@@ -22,23 +23,24 @@ import ml_dtypes
 import numpy as np
 
 from jtl import checkpoint
-from jtl.convert.torchvision import (IMAGENET_MEAN, IMAGENET_STD, infer_resnet, model_meta,
+from jtl.convert.torchvision import (IMAGENET_MEAN, IMAGENET_STD, _widths, model_meta,
                                      read_torch_file, rename_torchvision, to_jtl)
-from jtl.models import MODELS
+from jtl.models import CUSTOM_RESNET, MODELS
+from jtl.models.resnet import BASE_WIDTHS
 
-# Hugging Face module name -> torchvision module name.
+# Hugging Face module name -> torchvision module name. A ResNetForImageClassification's
+# backbone sits under "resnet."; a bare ResNetModel's at the top.
 _HF = (
-    (r"resnet\.embedder\.embedder\.convolution", lambda m: "conv1"),
-    (r"resnet\.embedder\.embedder\.normalization", lambda m: "bn1"),
-    (r"resnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.(convolution|normalization)",
+    (r"(?:resnet\.)?embedder\.embedder\.convolution", lambda m: "conv1"),
+    (r"(?:resnet\.)?embedder\.embedder\.normalization", lambda m: "bn1"),
+    (r"(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.(convolution|normalization)",
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}."
                f"{'conv' if m[4] == 'convolution' else 'bn'}{int(m[3]) + 1}"),
-    (r"resnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.(convolution|normalization)",
+    (r"(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.(convolution|normalization)",
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.{0 if m[3] == 'convolution' else 1}"),
     (r"classifier\.1", lambda m: "fc"),
 )
 _ARCHITECTURES = ("ResNetForImageClassification", "ResNetModel")
-_WIDTHS = {False: [64, 128, 256, 512], True: [256, 512, 1024, 2048]}
 # safetensors dtype names -> numpy; BF16 is why this file parses the format itself.
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
            "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
@@ -209,8 +211,27 @@ def _read_config(file: str) -> dict:
   return raw
 
 
+def _shape(cfg, bottleneck: bool) -> tuple[str, dict]:
+  """The jtl model name and model.json shape fields for a ResNetConfig's depths and widths:
+  a standard name when the depths are one's (else CUSTOM_RESNET with stage_sizes); its
+  `width` when the widths are that standard model's scaled by one factor, as jtl's own
+  width=0.25 are; explicit stem_width and stage_widths otherwise."""
+  depths, hidden = list(cfg.depths), [int(h) for h in cfg.hidden_sizes]
+  name = next((n for n, (sizes, b) in MODELS.items()
+               if list(sizes) == depths and b == bottleneck), None)
+  fields = {} if name else {"stage_sizes": depths, "bottleneck": bottleneck}
+  width = cfg.embedding_size / 64
+  expand = 4 if bottleneck else 1
+  if hidden == [expand * max(1, round(w * width)) for w in BASE_WIDTHS] \
+      and cfg.embedding_size == max(1, round(64 * width)):
+    return name or CUSTOM_RESNET, {**fields, "width": width}
+  return name or CUSTOM_RESNET, {**fields, "stem_width": int(cfg.embedding_size),
+                                 "stage_widths": hidden}
+
+
 def check_config(folder: str):
-  """The folder's ResNetConfig and the jtl model name it maps to; refuses what jtl can't match."""
+  """The folder's ResNetConfig, the jtl model name it maps to and the model.json fields of
+  its depths and widths; refuses what jtl can't match."""
   file = os.path.join(folder, "config.json")
   raw = _read_config(file)
   from transformers import ResNetConfig  # pylint: disable=import-outside-toplevel
@@ -224,24 +245,22 @@ def check_config(folder: str):
   problems = []
   if cfg.layer_type not in ("basic", "bottleneck"):
     problems.append(f"layer_type {cfg.layer_type!r}")
-  if cfg.embedding_size != 64:
-    problems.append(f"embedding_size {cfg.embedding_size} (jtl's stem has 64 channels)")
-  if list(cfg.hidden_sizes) != _WIDTHS[bottleneck]:
-    problems.append(f"hidden_sizes {list(cfg.hidden_sizes)} (expected {_WIDTHS[bottleneck]})")
+  if len(cfg.depths) != 4 or len(cfg.hidden_sizes) != len(cfg.depths):
+    problems.append(f"depths {list(cfg.depths)} and hidden_sizes {list(cfg.hidden_sizes)} "
+                    "(jtl's ResNet has 4 stages, stage1..stage4)")
+  if any(d < 1 for d in cfg.depths) or any(h < 1 for h in [cfg.embedding_size, *cfg.hidden_sizes]):
+    problems.append(f"depths {list(cfg.depths)}, embedding_size {cfg.embedding_size}, "
+                    f"hidden_sizes {list(cfg.hidden_sizes)} (expected sizes >= 1)")
   if cfg.downsample_in_first_stage:
     problems.append("downsample_in_first_stage=True (jtl's stage1 keeps the resolution)")
   if getattr(cfg, "downsample_in_bottleneck", False):
     problems.append("downsample_in_bottleneck=True (ResNet v1; jtl strides the 3x3 conv)")
   if cfg.hidden_act != "relu":
     problems.append(f"hidden_act {cfg.hidden_act!r}")
-  name = next((n for n, (sizes, b) in MODELS.items()
-               if list(sizes) == list(cfg.depths) and b == bottleneck), None)
-  if name is None:
-    problems.append(f"depths {list(cfg.depths)} with {cfg.layer_type} blocks")
   if problems:
     raise ValueError(f"{file} describes a ResNet jtl cannot reproduce exactly: "
                      f"{'; '.join(problems)}.")
-  return cfg, raw, name
+  return cfg, raw, *_shape(cfg, bottleneck)
 
 
 def _check_weights(params: dict, cfg, folder: str):
@@ -252,7 +271,15 @@ def _check_weights(params: dict, cfg, folder: str):
     raise ValueError(f"{folder}: config.json gives depths {list(cfg.depths)} of "
                      f"{cfg.layer_type} blocks, but the weights have {blocks} {layer} blocks "
                      "per stage; expected weights that match config.json.")
-  infer_resnet(params, folder)  # The channel widths.
+  inner = [h // 4 if layer == "bottleneck" else h for h in cfg.hidden_sizes]
+  want = [cfg.embedding_size, *cfg.hidden_sizes]
+  got = _widths(params, layer == "bottleneck")
+  inner_got = [np.shape(params.get(f"stage{i}", {}).get("block0", {}).get("conv1", {})
+                        .get("kernel", np.zeros((0,))))[-1] for i in range(1, 5)]
+  if any(g is not None and g != w for g, w in zip(got, want)) or inner_got != inner:
+    raise ValueError(f"{folder}: config.json gives channel widths {want} (embedding_size, "
+                     f"hidden_sizes), but the weights have {got} (stem, stage1..4); expected "
+                     "weights that match config.json.")
 
 
 def load_hf(src: str) -> tuple[dict, dict, dict]:
@@ -266,12 +293,13 @@ def load_hf(src: str) -> tuple[dict, dict, dict]:
     'resnet18'
   """
   folder = resolve(src)
-  cfg, raw, name = check_config(folder)
+  cfg, raw, name, shape = check_config(folder)
   params, batch_stats = to_jtl(_read_weights(folder), rename_hf, folder)
   _check_weights(params, cfg, folder)
   num_classes = int(params["head"]["kernel"].shape[1]) if "head" in params else 0
   labels = raw.get("id2label") or {}
   class_names = [labels.get(str(i), f"class_{i}") for i in range(num_classes)] if labels else []
-  return params, batch_stats, model_meta(name, num_classes, class_names, IMAGENET_MEAN,
-                                         IMAGENET_STD, "huggingface", folder,
-                                         channels=cfg.num_channels)
+  meta = model_meta(name, num_classes, class_names, IMAGENET_MEAN, IMAGENET_STD, "huggingface",
+                    folder, channels=cfg.num_channels)
+  meta["model"].update(shape)
+  return params, batch_stats, meta

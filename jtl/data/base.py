@@ -26,6 +26,34 @@ def check_split(name: str, split: str) -> None:
     raise ValueError(f"{name}: unknown split {split!r}; expected one of {SPLITS}")
 
 
+def carve(labels: np.ndarray, fraction: float, seed, class_names=None,
+          field: str = "data.val_fraction") -> tuple[np.ndarray, np.ndarray]:
+  """Splits positions into disjoint (kept, carved) indices, `fraction` of each class carved.
+
+  Each class of n examples gives round(n * fraction) of them, at least 1 and at most
+  n - 1, drawn by a permutation seeded from `seed` and the class, so the carve of one
+  class does not depend on the others. Deterministic for a given seed.
+
+  >>> kept, carved = carve(np.array([0, 0, 0, 0, 1, 1]), 0.25, seed=0)
+  >>> len(kept), len(carved)
+  (4, 2)
+  """
+  labels = np.asarray(labels)
+  picked = []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    if len(idx) < 2:
+      name = repr(class_names[c]) if class_names is not None else int(c)
+      raise ValueError(f"class {name} has {len(idx)} example; expected at least 2 so that "
+                       f"{field}={fraction} leaves one for training; add images to it or "
+                       "leave the class out (data.classes)")
+    n = min(max(1, round(len(idx) * fraction)), len(idx) - 1)
+    seq = [int(s) for s in np.atleast_1d(seed)] + [int(c)]
+    picked.append(np.random.default_rng(seq).permutation(idx)[:n])
+  carved = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+  return np.setdiff1d(np.arange(len(labels)), carved), carved
+
+
 class Source:
   """Base of jtl sources: subclasses set `name`, `split`, `labels`, `class_names`."""
 

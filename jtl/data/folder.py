@@ -1,7 +1,12 @@
 """Image folders in the torchvision ImageFolder layout: `root/<class>/<image>`.
 
 If `root/train` and `root/test` both exist they are the two splits (classes
-come from `train`); otherwise the whole root is the "train" split.
+come from `train`). Otherwise the root's class folders are the dataset as it
+stands: with `test_fraction` (a run's data.test_fraction, 0.2 by default) that
+fraction of each class is carved off as the "test" split and the rest is
+"train"; the carve is seeded (CARVE_SEED) and per class, so every run, resume
+and sweep cell on the same files sees the same test images (`carve_lines`
+lists them). Without `test_fraction` the whole root is the "train" split.
 
  src = FolderSource("/data/flowers", "train", skip_corrupt=True)
  src[0]["image"]   # uint8 HxWx3, each image at its own size
@@ -34,15 +39,18 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from jtl.data.base import Source, check_split
+from jtl.data.base import Source, carve, check_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SKIPPED_FILE = "skipped_files.txt"   # Where a run lists the images it left out.
+SPLIT_FILE = "folder_split.txt"      # Where a run lists which split each image of a carved folder is in.
+CARVE_SEED = 0   # The test carve's seed: fixed, so every run on a folder tests on the same images.
 _FIX = "delete or replace it, or set --config.data.skip_corrupt=True to leave undecodable images out"
 log = logging.getLogger(__name__)
 
@@ -154,18 +162,21 @@ class FolderSource(Source):
   are left out (`num_skipped`, `skipped`); otherwise a bad file raises when read.
   """
 
-  def __init__(self, root: str | os.PathLike, split: str = "train", *, skip_corrupt: bool = False):
+  def __init__(self, root: str | os.PathLike, split: str = "train", *, skip_corrupt: bool = False,
+               test_fraction: float | None = None):
     root = Path(root)
     check_split(f"folder:{root}", split)
     if not root.is_dir():
       raise FileNotFoundError(f"folder:{root}: no such directory; expected root/<class>/<image>")
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    if has_splits:
       folder, class_folder = root / split, root / "train"
-    elif split == "train":
+    elif split == "train" or test_fraction:
       folder = class_folder = root
     else:
       raise ValueError(f"folder:{root}: has no train/ and test/ subfolders, so the whole folder "
-                       f"is the 'train' split; expected root/train and root/test for a {split!r} split")
+                       f"is the 'train' split; expected root/train and root/test for a {split!r} "
+                       "split, or --config.data.test_fraction=0.2 to carve one from each class")
     self.class_names = _class_dirs(class_folder)
     if len(self.class_names) < 2:
       raise ValueError(f"{class_folder}: {len(self.class_names)} class folder(s) {self.class_names}; "
@@ -183,6 +194,13 @@ class FolderSource(Source):
         paths += files
         labels += [label] * len(files)
     _refuse_empty(folder, self.class_names, labels, "images")
+    self.test_fraction = None if has_splits else test_fraction   # None: nothing was carved.
+    if self.test_fraction:   # Before decoding: a skipped file never moves another between splits.
+      kept, test = carve(np.asarray(labels), test_fraction, CARVE_SEED, self.class_names,
+                         "data.test_fraction")
+      self.carved = {"train": len(kept), "test": len(test)}
+      pick = test if split == "test" else kept
+      paths, labels = [paths[i] for i in pick], [labels[i] for i in pick]
 
     self.skipped: list[str] = []
     if skip_corrupt:
@@ -202,9 +220,43 @@ class FolderSource(Source):
     self.paths = [str(p) for p in paths]
     self.labels = np.asarray(labels, np.int64)
 
+  def describe_carve(self) -> str | None:
+    """One line saying how the test split was carved, or None when the folder has splits."""
+    if not self.test_fraction:
+      return None
+    return (f"{self.name} has no train/ and test/ subfolders: {self.carved['test']} of its "
+            f"{sum(self.carved.values())} images are the test split, "
+            f"{self.test_fraction:.0%} of each class (data.test_fraction={self.test_fraction}, "
+            f"seed {CARVE_SEED}: the same images on every run; WORKDIR/{SPLIT_FILE} lists them)")
+
+  def carve_lines(self) -> list[str]:
+    """"SPLIT\tPATH" per image of this split: the carve exported as a list of files."""
+    return [f"{self.split}\t{p}" for p in self.paths]
+
   @property
   def num_skipped(self) -> int:
     return len(self.skipped)
 
   def __getitem__(self, i: int) -> dict:
     return {"image": decode_rgb(self.paths[i]), "label": int(self.labels[i])}
+
+
+def write_split_file(workdir: str | os.PathLike, splits: dict) -> str | None:
+  """Writes WORKDIR/SPLIT_FILE, "SPLIT<tab>PATH" per image, when a split of `splits` (a
+  run's Subsets) comes from a carved folder; returns its path, else None.
+
+  >>> write_split_file("runs/x", make_splits({"name": "folder:photos"}, seed=0))  # doctest: +SKIP
+  'runs/x/folder_split.txt'
+  """
+  sources = {id(s): s for split in splits.values() if split is not None
+             for s in [getattr(split.parent, "base", split.parent)]}
+  carved = [s for s in sources.values() if isinstance(s, FolderSource) and s.test_fraction]
+  if not carved:
+    return None
+  path = os.path.join(workdir, SPLIT_FILE)
+  tmp = f"{path}.{uuid.uuid4().hex}.tmp"   # Every process may write it: the same text, atomically.
+  with open(tmp, "w") as f:
+    f.writelines(line + "\n" for s in sorted(carved, key=lambda s: s.split)
+                 for line in s.carve_lines())
+  os.replace(tmp, path)
+  return path

@@ -251,11 +251,13 @@ class TfdsSource(Source):
 
 # --- by name -----------------------------------------------------------------
 
-def load_source(name: str, split: str, data_dir: str | None = None, *, skip_corrupt: bool = False) -> Source:
+def load_source(name: str, split: str, data_dir: str | None = None, *, skip_corrupt: bool = False,
+                test_fraction: float | None = None) -> Source:
   """Returns the `split` ("train" or "test") of the dataset called `name`.
 
   `name` is "fashion_mnist", "digits", "folder:/path" (or an existing
-  directory), or a TFDS name. `skip_corrupt` applies to image folders.
+  directory), or a TFDS name. `skip_corrupt` and `test_fraction` (the test
+  carve of a folder without train/ and test/) apply to image folders.
   "NAME+shift:CORRUPTION:SEVERITY[:SEED]" is dataset NAME with every image
   corrupted (jtl/data/shift.py), e.g. "fashion_mnist+shift:gaussian_noise:3".
 
@@ -267,12 +269,13 @@ def load_source(name: str, split: str, data_dir: str | None = None, *, skip_corr
   """
   if SHIFT_SEP in name:
     base, corruption, severity, seed = parse_shift(name)
-    return ShiftedSource(load_source(base, split, data_dir, skip_corrupt=skip_corrupt),
-                         corruption, severity, seed)
+    return ShiftedSource(load_source(base, split, data_dir, skip_corrupt=skip_corrupt,
+                                     test_fraction=test_fraction), corruption, severity, seed)
   if name == "fashion_mnist":
     return fashion_mnist(split, data_dir)
   if name == "digits":
     return digits(split)
   if name.startswith("folder:") or os.path.isdir(name):
-    return FolderSource(Path(name.removeprefix("folder:")), split, skip_corrupt=skip_corrupt)
+    return FolderSource(Path(name.removeprefix("folder:")), split, skip_corrupt=skip_corrupt,
+                        test_fraction=test_fraction)
   return TfdsSource(name, split, data_dir)

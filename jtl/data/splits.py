@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jtl.data.base import Source
+from jtl.data.base import Source, carve
 from jtl.data.sources import load_source
 
 
@@ -60,7 +60,8 @@ def k_shot(labels: np.ndarray, shots: int, seed: int | Sequence[int], *, num_cla
 
 
 def carve_validation(labels: np.ndarray, *, val_per_class: int | None = None,
-          val_fraction: float | None = None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+          val_fraction: float | None = None, seed: int,
+          class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Splits train positions into disjoint, stratified (train, val) indices.
 
   Give either `val_per_class` (exact count per class) or `val_fraction`.
@@ -82,8 +83,11 @@ def carve_validation(labels: np.ndarray, *, val_per_class: int | None = None,
   val = []
   for c, idx in _per_class(labels, None):
     if len(idx) <= val_per_class:
-      raise ValueError(f"class {c} has {len(idx)} examples; expected more than val_per_class="
-              f"{val_per_class} so some remain for training")
+      name = f"class {class_names[c]!r}" if class_names is not None else f"class {c}"
+      raise ValueError(f"{name} has {len(idx)} training examples; expected more than "
+                       f"data.val_per_class={val_per_class} so some remain for training; lower "
+                       "data.val_per_class, or carve a fraction of each class instead "
+                       "(--config.data.val_per_class=0 --config.data.val_fraction=0.1)")
     val.append(rng.permutation(idx)[:val_per_class])
   val = np.sort(np.concatenate(val))
   return np.setdiff1d(np.arange(len(labels)), val), val
@@ -140,20 +144,43 @@ def _get(cfg, key, default=None):
   return cfg.get(key, default)
 
 
+DEFAULT_TEST_FRACTION = 0.2   # A flat folder's test carve when the config names none.
+
+
+def _out_of_range(name: str, bad: list[int], class_names: Sequence[str]) -> str:
+  shown = ", ".join(f"{i}={c!r}" for i, c in enumerate(class_names[:12]))
+  more = ", ..." if len(class_names) > 12 else ""
+  return (f"{name}: data.classes {bad} out of range; it has {len(class_names)} classes "
+          f"({shown}{more}), so expected ids in 0..{len(class_names) - 1}, or classes=all "
+          "(config argument) for every class")
+
+
+def _say_carve(test_src: Source) -> None:
+  """Says in the run's log how a flat folder's test split was carved (nothing otherwise)."""
+  folder = getattr(test_src, "base", test_src)   # under a +shift: corruption
+  line = folder.describe_carve() if hasattr(folder, "describe_carve") else None
+  if line:
+    from jtl.runtime import log   # JAX is imported only when there is something to say.
+    log(line)
+
+
 def make_splits(cfg, seed: int) -> dict[str, Subset | None]:
   """Builds {"train", "val", "test"} Subsets for a dataset config.
 
   `cfg` (dict or ConfigDict) has `name` and optional `data_dir`, `classes`,
-  `shots`, `val_per_class` (0: "val" is None) and `skip_corrupt`.
+  `shots`, `val_per_class` or `val_fraction` (neither: "val" is None), `skip_corrupt`
+  and `test_fraction` (a folder without train/ and test/: the test carve, default 0.2).
 
   >>> splits = make_splits({"name": "digits", "shots": 5, "val_per_class": 10}, seed=0)
   >>> len(splits["train"]), len(splits["val"])
   (50, 100)
   """
   name, data_dir = cfg["name"], _get(cfg, "data_dir")
-  skip_corrupt = bool(_get(cfg, "skip_corrupt", False))
-  train_src = load_source(name, "train", data_dir, skip_corrupt=skip_corrupt)
-  test_src = load_source(name, "test", data_dir, skip_corrupt=skip_corrupt)
+  options = dict(skip_corrupt=bool(_get(cfg, "skip_corrupt", False)),
+                 test_fraction=_get(cfg, "test_fraction", DEFAULT_TEST_FRACTION))
+  train_src = load_source(name, "train", data_dir, **options)
+  test_src = load_source(name, "test", data_dir, **options)
+  _say_carve(test_src)
 
   classes = _get(cfg, "classes")
   if classes is None:
@@ -162,7 +189,7 @@ def make_splits(cfg, seed: int) -> dict[str, Subset | None]:
     classes = [int(c) for c in classes]
     bad = [c for c in classes if not 0 <= c < train_src.num_classes]
     if bad:
-      raise ValueError(f"{name}: classes {bad} out of range; expected ids in 0..{train_src.num_classes - 1}")
+      raise ValueError(_out_of_range(name, bad, train_src.class_names))
     label_map = {c: i for i, c in enumerate(classes)}
     train_idx = class_subset(train_src.labels, classes)
     test_idx = class_subset(test_src.labels, classes)
@@ -170,8 +197,16 @@ def make_splits(cfg, seed: int) -> dict[str, Subset | None]:
   train = Subset(train_src, train_idx, label_map)
 
   val = None
-  if _get(cfg, "val_per_class"):
-    rest, held_out = carve_validation(train.labels, val_per_class=int(cfg["val_per_class"]), seed=seed)
+  if _get(cfg, "val_per_class") and _get(cfg, "val_fraction"):
+    raise ValueError(f"config fields data.val_per_class={cfg['val_per_class']} and "
+                     f"data.val_fraction={cfg['val_fraction']} both carve validation; set one "
+                     "of them to 0 (val_per_class) or None (val_fraction)")
+  if _get(cfg, "val_per_class") or _get(cfg, "val_fraction"):
+    if _get(cfg, "val_fraction"):
+      rest, held_out = carve(train.labels, float(cfg["val_fraction"]), seed, train.class_names)
+    else:
+      rest, held_out = carve_validation(train.labels, val_per_class=int(cfg["val_per_class"]),
+                                        seed=seed, class_names=train.class_names)
     val = Subset(train_src, train_idx[held_out], label_map)
     train_idx = train_idx[rest]
     train = Subset(train_src, train_idx, label_map)

@@ -132,9 +132,14 @@ def choose(signals: dict, among: Sequence[str] = ()) -> tuple[str, str | None, l
   best_layer = max(CUTS, key=lambda layer: (src[layer], CUTS.index(layer)))
   best, best_random = src[best_layer], max(rnd.values())
   se = math.sqrt(max(best * (1 - best), 1e-4) / signals["val_examples"])
+  n = signals["val_examples"]
+  # At 0 % or 100 % the binomial s.e. is 0; say what n images do bound (the rule of three).
+  spread = (f"± {se:.1%} s.e." if 0 < best < 1 else
+            f"so the true {'error' if best == 1 else 'accuracy'} is below {min(3 / n, 1):.1%} "
+            "at 95 %")
   why = [f"ridge probe on the source's features peaks at {best_layer} ({best:.1%} on "
-         f"{signals['val_examples']} validation images, ± {se:.1%} s.e.); a random init's best "
-         f"depth reaches {best_random:.1%}"]
+         f"{n} validation images, {spread}); a random init's best depth reaches "
+         f"{best_random:.1%}"]
   per_class = signals["train_examples"] / signals["classes"]
   if best_random - best > 2 * se:
     why.append("a random init's features probe clearly better (> 2 s.e.): train from scratch")

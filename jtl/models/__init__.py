@@ -16,6 +16,9 @@ MODELS = {
     "resnet101": ((3, 4, 23, 3), True),
     "resnet152": ((3, 8, 36, 3), True),
 }
+# A ResNet whose depths are no standard model's (a Hugging Face config's `depths`): its
+# model.json gives stage_sizes and bottleneck.
+CUSTOM_RESNET = "resnet"
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
@@ -26,6 +29,10 @@ def get_model(name: str, **kwargs) -> nn.Module:
   """
   if name in BIT_MODELS:
     return get_bit_model(name, **kwargs)
+  # model.json holds lists; a Flax module's fields are tuples, so that it hashes.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  if name == CUSTOM_RESNET and {"stage_sizes", "bottleneck"} <= kwargs.keys():
+    return ResNet(**kwargs)   # A converted checkpoint's own depths (model.json says them).
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; known models are {', '.join(MODELS)} and "
                      f"BiT's {', '.join(BIT_MODELS)}.")

@@ -60,18 +60,28 @@ def forward(model, mean, std, bn_train=(), start: str | None = None) -> Forward:
                  tuple(bn_train), start)
 
 
+# model.json fields of a ResNet with explicit widths or depths (a Hugging Face config's).
+SHAPE_FIELDS = ("stem_width", "stage_widths", "stage_sizes", "bottleneck")
+
+
 def architecture(config, meta: dict) -> dict:
   """name, small_stem, width: from the config, or from the checkpoint's model.json if "auto".
 
   A checkpoint of another architecture fails here in one sentence, not as 100 mis-shapes.
   """
   stored = meta.get("model", {})
+  shape = {k: stored[k] for k in SHAPE_FIELDS if stored.get(k) is not None}
   if config.model.name == "auto":
     if not stored:
       raise ValueError("config.model.name='auto' takes the model from config.init, but "
                        f"{config.init or 'config.init (empty)'} describes no model.")
     return {"name": stored["name"], "small_stem": stored.get("small_stem", False),
-            "width": stored.get("width", 1.0)}
+            "width": stored.get("width", 1.0), **shape}
+  if shape:
+    raise ValueError(f"config.init {config.init} holds a ResNet of its own widths or depths "
+                     f"({', '.join(f'{k}={v}' for k, v in shape.items())}), which "
+                     f"config.model.name={config.model.name!r} cannot build; set "
+                     "--config.model.name=auto (config argument model=auto).")
   if stored.get("name") and stored["name"] != config.model.name:
     raise ValueError(f"config.init {config.init} holds a {stored['name']}, but config.model.name "
                      f"is {config.model.name!r}; set --config.model.name={stored['name']} (or auto).")
@@ -90,8 +100,10 @@ def from_meta(meta: dict, num_classes: int | None = None, dtype=jnp.float32):
   """The Flax model that `meta` (a checkpoint's model.json content) describes, with its
   own head or `num_classes` outputs: what a checkpoint is read back into without a config."""
   m = meta["model"]
+  shape = {k: m[k] for k in SHAPE_FIELDS if m.get(k) is not None}
   return get_model(m["name"], num_classes=m["num_classes"] if num_classes is None else num_classes,
-                   small_stem=m.get("small_stem", False), width=m.get("width", 1.0), dtype=dtype)
+                   small_stem=m.get("small_stem", False), width=m.get("width", 1.0), dtype=dtype,
+                   **shape)
 
 
 class Built(NamedTuple):
@@ -110,7 +122,8 @@ def build(config, meta: dict, num_classes: int, rng=None, *, abstract: bool = Fa
   arch = architecture(config, meta)
   mean, std = normalization(config, meta)
   model = get_model(arch["name"], num_classes=num_classes, small_stem=arch["small_stem"],
-                    width=arch["width"], dtype=jnp.dtype(config.model.dtype))
+                    width=arch["width"], dtype=jnp.dtype(config.model.dtype),
+                    **{k: arch[k] for k in SHAPE_FIELDS if k in arch})
   size, channels = config.data.image_size, config.data.channels
   init = functools.partial(model.init, train=False)
   dummy = jnp.zeros((1, size, size, channels))

@@ -64,19 +64,21 @@ class Downsample(nn.Module):
 
 
 class Block(nn.Module):
-  """Basic block (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 with 4x expansion)."""
+  """Basic block (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 to `out_features`, by default
+  4x `features`)."""
   features: int
   stride: int = 1
   bottleneck: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  out_features: int | None = None
 
   @nn.compact
   def __call__(self, x, use_running_average: bool):
     # (kernel, width, stride) per conv; v1.5 puts the bottleneck's stride on the 3x3.
     if self.bottleneck:
       layers = [(1, self.features, 1), (3, self.features, self.stride),
-                (1, 4 * self.features, 1)]
+                (1, self.out_features or 4 * self.features, 1)]
     else:
       layers = [(3, self.features, self.stride), (3, self.features, 1)]
     y = x
@@ -118,12 +120,14 @@ class Stage(nn.Module):
   bottleneck: bool
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  out_features: int | None = None   # A bottleneck's output width, if not 4 x features.
 
   @nn.compact
   def __call__(self, x, use_running_average: bool):
     for i in range(self.num_blocks):
       x = Block(self.features, self.stride if i == 0 else 1, self.bottleneck,
-                self.dtype, self.param_dtype, name=f"block{i}")(x, use_running_average)
+                self.dtype, self.param_dtype, self.out_features,
+                name=f"block{i}")(x, use_running_average)
     return x
 
 
@@ -136,6 +140,9 @@ class ResNet(nn.Module):
     num_classes: size of the `head` Dense layer; must be >= 1.
     small_stem: 3x3/1 stem without max-pool, for 28-64 px images.
     width: multiplier on the stem and stage widths (64, 128, 256, 512).
+    stem_width, stage_widths: explicit widths instead (a Hugging Face ResNetConfig's
+      embedding_size and hidden_sizes): the stem's channels, and each stage's output
+      channels (a bottleneck's inner width is a quarter of it, as in Hugging Face).
     dtype: computation dtype; logits are returned as float32 regardless.
     param_dtype: dtype of parameters and batch statistics.
 
@@ -152,6 +159,17 @@ class ResNet(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  stem_width: int | None = None
+  stage_widths: Sequence[int] | None = None
+
+  def widths(self) -> tuple[int, list[tuple[int, int | None]]]:
+    """(stem channels, [(inner width, output width or None for the default)] per stage)."""
+    scaled = [max(1, round(w * self.width)) for w in BASE_WIDTHS]
+    stem = self.stem_width or scaled[0]
+    if self.stage_widths is None:
+      return stem, [(w, None) for w in scaled]
+    return stem, [(max(1, w // 4), w) if self.bottleneck else (w, None)
+                  for w in self.stage_widths]
 
   @nn.compact
   def __call__(self, x, train: bool = False, bn_train: Iterable[str] | None = None,
@@ -173,18 +191,19 @@ class ResNet(nn.Module):
     def frozen_bn(stage):
       return not (train and stage in bn_train)
 
-    widths = [max(1, round(w * self.width)) for w in BASE_WIDTHS]
+    stem_width, widths = self.widths()
     first = layer_index(start) + 1   # The first layer to run.
     out = {}
     if first <= 0:
-      x = Stem(widths[0], self.small_stem, self.dtype, self.param_dtype,
+      x = Stem(stem_width, self.small_stem, self.dtype, self.param_dtype,
                name="stem")(x, frozen_bn("stem"))
       out["stem"] = x
-    for i, (features, num_blocks) in enumerate(zip(widths, self.stage_sizes), start=1):
+    for i, ((features, out_features), num_blocks) in enumerate(zip(widths, self.stage_sizes),
+                                                               start=1):
       name = f"stage{i}"
       if first <= i:
         x = Stage(features, num_blocks, 1 if i == 1 else 2, self.bottleneck,
-                  self.dtype, self.param_dtype, name=name)(x, frozen_bn(name))
+                  self.dtype, self.param_dtype, out_features, name=name)(x, frozen_bn(name))
         out[name] = x
     if first <= 5:
       x = jnp.mean(x, axis=(1, 2))

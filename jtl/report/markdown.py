@@ -25,10 +25,11 @@ def pct(x: float | None) -> str:
 
 
 def ci(m: float, lo: float | None, hi: float | None) -> str:
-  """"81.2 ± 1.3 [79.9, 82.5]", in percent."""
+  """"81.2 ± 1.3 [79.9, 82.5]", in percent. The ± is the t-interval's half-width; the
+  brackets are clipped to [0, 100], where an accuracy lies ("63.3 ± 42.4 [21.0, 100.0]")."""
   if lo is None:
     return f"{pct(m)} (n=1, no interval)"
-  return f"{pct(m)} ± {pct((hi - lo) / 2)} [{pct(lo)}, {pct(hi)}]"
+  return f"{pct(m)} ± {pct((hi - lo) / 2)} [{pct(max(lo, 0.0))}, {pct(min(hi, 1.0))}]"
 
 
 def signed_ci(m: float, lo: float | None, hi: float | None) -> str:
