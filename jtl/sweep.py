@@ -128,10 +128,15 @@ class Tuned:
   choice is a new cell; until every one of those tuning cells has finished, the cell waits.
   Give the tuning stage seeds of its own, and Report(tune_stage=...) to show each
   candidate's validation mean beside the choice.
+
+  leave_out: an axis (e.g. "shift") whose own value never chooses: the value for shift X
+  is chosen on the tuning cells of every other shift (leave-one-out), which shows how a
+  setting does where nobody tuned for it.
   """
   stage: str
   axis: str
   select_on: str = "val_accuracy"
+  leave_out: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,16 +250,20 @@ def _choose(study: Study, stage: Stage, tuned: Tuned, labels: dict, rows: list[d
   """(the value of `tuned.axis` chosen for a cell with these labels, whether it waits).
 
   The candidates are the cells of stage `tuned.stage` whose labels agree with `labels` on
-  every axis the two share (seeds aside); while any of them is unfinished, the cell waits
-  and carries the first candidate's value, so that it can be validated."""
+  every axis the two share (seeds aside), less those of this cell's `leave_out` value;
+  while any of them is unfinished, the cell waits and carries the first candidate's value,
+  so that it can be validated. (A report of a leave-one-out stage shows each cell's value
+  in its name; Report.select would choose again without leaving out.)"""
   from jtl.report import stats
   tuning = [c for c in earlier if c.stage == tuned.stage]
   if not tuning:
     raise ValueError(f"stage {stage.name!r}: Tuned({tuned.stage!r}, {tuned.axis!r}) names no "
                      "earlier stage of this study.")
+  free = ("seed", tuned.axis, tuned.leave_out)
   shared = lambda c: all(c.labels[k] == v for k, v in labels.items()
-                         if k in c.labels and k not in ("seed", tuned.axis))
-  candidates = [c for c in tuning if shared(c)]
+                         if k in c.labels and k not in free)
+  candidates = [c for c in tuning if shared(c) and (
+      not tuned.leave_out or c.labels.get(tuned.leave_out) != labels.get(tuned.leave_out))]
   if not candidates or tuned.axis not in candidates[0].labels:
     raise ValueError(f"stage {stage.name!r}: stage {tuned.stage!r} has no cell with axis "
                      f"{tuned.axis!r} and labels {labels}.")
@@ -340,6 +349,21 @@ def command(cell: Cell) -> str:
 # ---------------------------------------------------------------------------
 # Running.
 # ---------------------------------------------------------------------------
+def typed_command(argv: Sequence[str]) -> str:
+  """The command as the user typed it: launch.sh's own line ($JTL_COMMAND), else `jtl ...`
+  for the jtl command (or `python -m jtl.cli`), else the script and its arguments.
+
+  >>> typed_command(["/repo/jtl/cli.py", "sweep", "experiments/x.py"])   # no $JTL_COMMAND
+  'jtl sweep experiments/x.py'
+  """
+  if os.environ.get("JTL_COMMAND"):
+    return os.environ["JTL_COMMAND"].strip()
+  argv = list(argv) or ["jtl"]
+  if os.path.basename(argv[0]) == "jtl" or argv[0].replace(os.sep, "/").endswith("jtl/cli.py"):
+    argv[0] = "jtl"
+  return " ".join(shlex.quote(a) for a in argv)
+
+
 def provenance(argv: Sequence[str]) -> dict:
   """What a table needs to be traced back: command, date, commit, versions, device."""
   import jax
@@ -353,7 +377,7 @@ def provenance(argv: Sequence[str]) -> dict:
   except (OSError, subprocess.CalledProcessError):
     commit = "unknown"
   device = jax.devices()[0]
-  return {"command": " ".join(shlex.quote(a) for a in argv),
+  return {"command": typed_command(argv),
           "date": datetime.datetime.now().isoformat(timespec="seconds"),
           "commit": commit, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})",

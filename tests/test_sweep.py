@@ -212,3 +212,22 @@ def test_a_sweep_runs_its_tuning_stage_first_and_a_diverged_setting_is_never_cho
   assert chosen == {("lp", 0.1), ("ft", 0.1)}   # lp's best, 1.0, diverged.
   assert sum(1 for r in rows if r.get("diverged")) == 4
   assert "1.0: diverged or missing" in report.write_report(str(tmp_path))
+
+
+def test_leave_one_out_never_chooses_a_value_on_the_held_out_setting(tmp_path):
+  shifts = sweep.axis("data.name", ["a", "b", "c"], name="shift")
+  study = sweep.Study("loso", [
+      sweep.Stage("tune", TINY, sweep.product(shifts, sweep.axis("optim.lr", [0.01, 0.1, 1.0]),
+                                              sweep.seeds([100]))),
+      sweep.Stage("target", TINY, sweep.product(shifts, sweep.seeds(2)),
+                  fixed={"optim.lr": sweep.Tuned("tune", "lr", leave_out="shift")})])
+  # Each shift's own best lr: a -> 0.01, b -> 0.1, c -> 1.0; c's own score is overwhelming,
+  # so any choice that looked at the held-out shift's cells would differ.
+  best = {"a": 0.01, "b": 0.1, "c": 1.0}
+  finish(str(tmp_path), [c for c in sweep.cells(study, str(tmp_path)) if c.stage == "tune"],
+         val=lambda c: (0.99 if c.labels["shift"] == "c" else 0.6)
+         if best[c.labels["shift"]] == c.labels["lr"] else 0.5)
+  chosen = {c.labels["shift"]: c.labels["lr"] for c in sweep.cells(study, str(tmp_path))
+            if c.stage == "target"}
+  # a: chosen on b and c (c's 0.99 at lr 1.0 wins); c: on a and b (a tie at 0.55, first met).
+  assert chosen == {"a": 1.0, "b": 1.0, "c": 0.01}   # b and c never get their own best.
