@@ -32,10 +32,11 @@ from jtl import cli, sweep
 SEEDS = tuple(range(20))    # Reported.
 TUNE_SEEDS = (100, 101)     # Choose each arm's lr; never reported.
 STRATEGIES = ("linear_probe", "partial:2", "full_finetune", "scratch")
-# Each arm's search space. Earlier runs of this study chose lr 3 for the probe at the top of
-# (0.1 .. 3), and 0.1 for partial:2 at the bottom of (0.1 .. 3): the grids go on past them.
+# Each arm's search space. Earlier runs of this study chose the top of the probe's grid
+# (3, then 10 with 100-step sources) and the bottom of partial:2's (0.1 of 0.1 .. 3): the
+# grids go on past them. A diverged cell is recorded and never chosen.
 LRS = {
-    "linear_probe": (0.1, 0.3, 1.0, 3.0, 10.0),
+    "linear_probe": (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
     "partial:2": (0.01, 0.03, 0.1, 0.3, 1.0),
     "full_finetune": (0.003, 0.01, 0.03, 0.1, 0.3),
     "scratch": (0.001, 0.003, 0.01, 0.03, 0.1),

@@ -406,6 +406,7 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
       print(f"# all {len(checked)} cells of study {study.name} are finished in {root}; "
             "nothing to run.")
     return read_results(root)
+  import jax
   from jtl import runtime, train
   os.makedirs(root, exist_ok=True)
   runtime.enable_compilation_cache()
@@ -432,6 +433,11 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
           os.makedirs(cell.workdir, exist_ok=True)
           with open(os.path.join(cell.workdir, SUMMARY), "w") as f:
             json.dump({"diverged": first_line(e)}, f)
+        finally:
+          # Each cell compiles its own steps; kept, they hold ~770 memory maps a cell on CPU,
+          # and a long sweep met the kernel's limit (65530) at its ~130th cell. The disk
+          # cache makes the next cell's compile a lookup.
+          jax.clear_caches()
         ran += 1
       if (cell.stage, cell.name) not in recorded:
         with open(os.path.join(cell.workdir, SUMMARY)) as f:

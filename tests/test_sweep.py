@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import jax
 import pytest
 
 from jtl import report, sweep
@@ -206,7 +207,10 @@ def test_a_sweep_runs_its_tuning_stage_first_and_a_diverged_setting_is_never_cho
       json.dump({"val_accuracy": VAL[arm, config.optim.lr], "test_accuracy": 0.5}, f)
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_run)
+  cleared = []   # Compiled programs are let go after every cell (a long sweep ran out of maps).
+  monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(len(ran)))
   rows = sweep.run(tuned_study(), str(tmp_path), log=lambda *_: None)
+  assert cleared == list(range(1, 19))
   assert len(ran) == 12 + 6 and all(seed >= 100 for _, _, seed in ran[:12])
   chosen = {(arm, lr) for arm, lr, seed in ran[12:]}
   assert chosen == {("lp", 0.1), ("ft", 0.1)}   # lp's best, 1.0, diverged.
