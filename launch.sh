@@ -15,6 +15,8 @@
 # A relative path (folder:PATH, --workdir, init=) means the directory you run this from,
 # as with .venv/bin/jtl; the repository's configs/ and experiments/ are found from anywhere.
 set -euo pipefail
+# The command as typed, for a sweep's provenance (jtl/sweep.py typed_command).
+export JTL_COMMAND=$(printf '%q ' "$0" "$@")
 here=$(cd "$(dirname "$0")" && pwd)   # The repository; the caller's directory stays the cwd.
 py=$here/.venv/bin/python
 

@@ -19,16 +19,21 @@ Arguments, e.g. `configs/transfer.py:init=runs/src,shots=5,strategy=full_finetun
   the source's), dataset, classes ("auto": 5-9 on fashion_mnist, all on any other
   dataset), val (validation: a count per class, a fraction of each class, or 0; "auto":
   20 per class, 0.1 on a folder:PATH), shots (0 = all), strategy, small_stem, width,
-  size, steps, batch, lr.
+  size (pixels; "auto": 28 on fashion_mnist and digits, a folder's typical image side up
+  to 224, 224 on a TFDS dataset), channels (1 or 3; "auto": the init checkpoint's, else as
+  configs/source.py picks), steps, batch, lr.
 """
 
-from jtl.config import base_config, dataset_defaults, parse_arg
+import json
+import os
+
+from jtl.config import base_config, dataset_defaults, image_args, parse_arg
 
 
 # The arguments this config takes, with their defaults (`CONFIG --help` lists them).
 ARGS = dict(init="runs/seed_transfer/source/seed=0", model="resnet18", dataset="fashion_mnist",
             classes="auto", val="auto", shots=10, strategy="full_finetune", small_stem=True,
-            width=0.25, size=28, steps=200, batch=50, lr=0.01)
+            width=0.25, size="auto", channels="auto", steps=200, batch=50, lr=0.01)
 
 
 def get_config(arg=None):
@@ -38,7 +43,14 @@ def get_config(arg=None):
   c.data.name = a["dataset"]
   c.data.update(dataset_defaults(a["dataset"], a["classes"], a["val"], "5-9", 20))
   c.data.shots = a["shots"] or None
-  c.data.image_size = a["size"]
+  size, channels = image_args(a["dataset"], a["size"], a["channels"])
+  if a["channels"] == "auto" and a["strategy"] != "scratch":
+    channels = _checkpoint_channels(a["init"]) or channels   # The stem must fit the source.
+  if size is None or channels is None:
+    from jtl.data import image_shape   # Reads image headers, only when the data must say.
+    auto = image_shape(a["dataset"])
+    size, channels = size or auto[0], channels or auto[1]
+  c.data.image_size, c.data.channels = size, channels
   c.data.batch_size = a["batch"]
   c.strategy.name = a["strategy"]
   # The seed's `pretrained=False`: the same target training from a random init.
@@ -48,3 +60,15 @@ def get_config(arg=None):
   c.checkpoint_every = 100
   c.optim.lr, c.optim.warmup_steps = a["lr"], 10
   return c
+
+
+def _checkpoint_channels(init: str) -> int | None:
+  """The image channels a jtl checkpoint was trained on (its model.json); None for another
+  format or a checkpoint not there yet (a sweep's source stage)."""
+  if not init:
+    return None
+  try:
+    with open(os.path.join(init, "model.json")) as f:
+      return int(json.load(f)["data"]["channels"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None

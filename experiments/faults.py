@@ -421,15 +421,16 @@ def signal_trial(lab: Lab, fault: str, name: str, sig: int, trigger) -> dict:
 
 
 def sigterm_problems(trial: dict, shot: dict, steps: int) -> list[str]:
-  """143 with a checkpoint within 30 s. Outside the train loop no handler is installed:
-  before training starts (nothing to save yet) and after the summary (nothing left to
-  save) -15 is fine; during the final evaluation the run may also finish (0)."""
+  """143 with a checkpoint within 30 s. Outside the train loop, before training starts
+  (nothing to save yet) and after the summary (nothing left to save), jtl says one line and
+  exits 143 without a checkpoint, or -15 before Python has set its handler; during the
+  final evaluation the run may also finish (0)."""
   rc, problems = shot["rc"], []
   if shot["exit_s"] > 30:
     problems.append(f"took {shot['exit_s']} s to exit after SIGTERM")
   outside = trial["moment"].startswith(("start-up", "first step", "after the summary"))
   if rc == 143:
-    if trial["checkpoint"] is None:
+    if trial["checkpoint"] is None and not outside:
       problems.append("exited 143 without a checkpoint")
   elif not (rc == -signal.SIGTERM and outside) and not (rc == 0 and trial["checkpoint"] == steps):
     problems.append(f"exit code {rc} at {trial['moment']}")

@@ -28,7 +28,7 @@ import os
 import sys
 
 from jtl.config import first_line
-from jtl.main import fail
+from jtl.main import fail, restore_sigterm, stop_on_sigterm, stopped
 
 USAGE = __doc__.split("\n", 2)[2].split("\n\n")[0]
 
@@ -54,7 +54,8 @@ def parser() -> Parser:
   train.add_argument("--workdir", metavar="DIR",
                      help="where checkpoints, metrics and the summary go (required)")
   train.add_argument("--dry_run", action="store_true",
-                     help="print what the strategy trains and exit")
+                     help="print the images per class in each split and what the strategy "
+                     "trains, and exit")
 
   strategy = sub.add_parser("strategy", help="what a strategy trains (strategy show CONFIG)",
                             description="Inspect a config's transfer strategy.")
@@ -103,6 +104,8 @@ def parser() -> Parser:
                      help="the target classes the checkpoint predicts, e.g. 0-4 (default all)")
   adapt.add_argument("--data_dir", help="where the target dataset lives (as data.data_dir)")
   adapt.add_argument("--batch_size", type=int, default=256, help="images per batch (default 256)")
+  adapt.add_argument("--verbose", action="store_true",
+                     help="show library warnings and the full traceback of an error")
   adapt.set_defaults(run=_adapt)
 
   convert = sub.add_parser("convert", help="a checkpoint of another format into a jtl workdir",
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
   args, extra = p.parse_known_args(["--help"] if argv == ["help"] else argv)
   if extra and not getattr(args, "passes_through", False):
     args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  saved = stop_on_sigterm()
   try:
     return args.run(args, extra) or 0
   except BrokenPipeError:   # `jtl sweep ... --print_commands | head`: the reader has enough.
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     if code is None:
       raise
     return code
+  finally:
+    restore_sigterm(saved)
 
 
 def _run_config(args: argparse.Namespace, extra: list[str]) -> int:
@@ -229,19 +235,15 @@ def _run_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _interrupted(e: BaseException, verbose: bool = False) -> int | None:
-  """For Ctrl-C or SIGTERM (a run's runtime.Preempted): one line on stderr, and the exit
-  code (130, 143); None for any other error, or with --verbose (the traceback shows)."""
-  runtime = sys.modules.get("jtl.runtime")   # Imported by every run that can be preempted.
+  """For Ctrl-C or SIGTERM (jtl.main.stopped): one line on stderr, and the exit code (130,
+  143); None for any other error, or with --verbose (the traceback shows)."""
   if verbose or os.environ.get("JTL_TRACEBACK"):
     return None
-  if runtime and isinstance(e, runtime.Preempted):
-    print(f"jtl: {e}", file=sys.stderr)
-    return e.code
-  if isinstance(e, KeyboardInterrupt):
-    print("jtl: interrupted; rerun the same command to go on (a sweep keeps its finished "
-          "cells, and a run resumes from its last checkpoint).", file=sys.stderr)
-    return 130
-  return None
+  line_code = stopped(e)
+  if line_code is None:
+    return None
+  print(line_code[0], file=sys.stderr)
+  return line_code[1]
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -267,6 +269,7 @@ def _predict(args: argparse.Namespace, _) -> int:
 
 
 def _adapt(args: argparse.Namespace, _) -> int:
+  quiet_libraries(args.verbose)
   from jtl import adabn   # JAX is imported only here.
   from jtl.config import parse_classes
   try:
@@ -274,6 +277,8 @@ def _adapt(args: argparse.Namespace, _) -> int:
                                classes=parse_classes(args.classes), data_dir=args.data_dir,
                                batch_size=args.batch_size)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
+    if args.verbose:
+      raise
     fail(first_line(e))
   print(f"{args.target}: test accuracy {100 * s['test_accuracy_before_adabn']:.1f} % before "
         f"AdaBN, {100 * s['test_accuracy']:.1f} % after (BatchNorm statistics from "
@@ -312,6 +317,7 @@ def run_study(study, argv: list[str] | None = None) -> int:
   >>> sys.exit(run_study(STUDY))   # at the end of experiments/seed_transfer.py  # doctest: +SKIP
   """
   args = sweep_args(argv, study)
+  saved = stop_on_sigterm()
   try:
     return run_sweep(args, study)
   except (KeyboardInterrupt, Exception) as e:   # Ctrl-C, SIGTERM: one line, exit 130 / 143.
@@ -319,6 +325,8 @@ def run_study(study, argv: list[str] | None = None) -> int:
     if code is None:
       raise
     return code
+  finally:
+    restore_sigterm(saved)
 
 
 def run_sweep(args: argparse.Namespace, study=None) -> int:

@@ -105,6 +105,23 @@ def check(c) -> None:
                      f"{', '.join(DTYPES)}.")
 
 
+def doubts(c) -> list[str]:
+  """Settings a run can use but that are probably not meant, one sentence each naming the
+  fields; the trainer and the dry run say them before any work.
+
+  >>> c = base_config(); c.total_steps, c.optim.warmup_steps = 20, 50; doubts(c)[0][:46]
+  'config field optim.warmup_steps=50 is more tha'
+  """
+  out = []
+  warmup, steps = c.optim.warmup_steps, c.total_steps
+  if warmup > steps > 0:
+    out.append(f"config field optim.warmup_steps={warmup} is more than total_steps={steps}: "
+               f"the lr rises for the whole run and never reaches optim.lr={c.optim.lr} (it "
+               f"ends at {c.optim.lr * steps / warmup:.3g}); lower optim.warmup_steps or raise "
+               "total_steps.")
+  return out
+
+
 DTYPES = ("float32", "bfloat16", "float16")
 # Domain adaptation's methods (jtl/adapt.py implements them; named here so that checking a
 # config needs no JAX). The source-free ones train on target images alone.
@@ -258,6 +275,36 @@ def first_line(e: BaseException) -> str:
 
 
 MAIN_DATASET = "fashion_mnist"   # The main study's dataset: its configs split its classes.
+# The image size and channels of the datasets jtl names itself, as every shipped study ran
+# them: Fashion-MNIST's 28 px, and the 8x8 digits upsampled to 28 px, in 3 channels.
+IMAGE_SHAPES = {"fashion_mnist": (28, 3), "digits": (28, 3)}
+
+
+def image_args(dataset: str, size: str, channels: str) -> tuple[int | None, int | None]:
+  """A config argument string's `size` and `channels` as numbers. "auto" is the dataset's
+  own (IMAGE_SHAPES), or None where the data must be read (jtl.data.image_shape: an image
+  folder, a TFDS dataset).
+
+  >>> image_args("fashion_mnist", "auto", "auto"), image_args("folder:x", "32", "auto")
+  ((28, 3), (32, None))
+  """
+  known = IMAGE_SHAPES.get(dataset.split("+shift:")[0], (None, None))
+  out = []
+  for name, value, auto, allowed in (("size", size, known[0], None),
+                                     ("channels", channels, known[1], (1, 3))):
+    if str(value) == "auto":
+      out.append(auto)
+      continue
+    try:
+      number = int(value)
+    except ValueError:
+      number = 0
+    if number <= 0 or allowed and number not in allowed:
+      raise ValueError(f"config argument {name}={value!r} must be "
+                       + ("1 or 3" if allowed else "a positive number of pixels") + ", or auto.")
+    out.append(number)
+  return out[0], out[1]
+
 
 
 def dataset_defaults(dataset: str, classes: str, val: str, main_classes: str,

@@ -1,8 +1,9 @@
 """What a strategy does, before any training: `--dry_run` or `jtl strategy show CONFIG`.
 
-Per phase and label: parameter count, trainable fraction, learning rate, weight
-decay, optimizer-state bytes and the paths covered. Shapes come from
-`jax.eval_shape`, so nothing is computed or loaded.
+The images per class in train / val / test as the run will carve them (class names,
+shots, image size; labels are read, no image is decoded), then per phase and label:
+parameter count, trainable fraction, learning rate, weight decay, optimizer-state bytes
+and the paths covered. Shapes come from `jax.eval_shape`, so nothing is computed or loaded.
 
 >>> print(describe(config))
 """
@@ -16,7 +17,10 @@ import flax.traverse_util as tu
 import jax
 import numpy as np
 
+from jtl import config as config_lib
 from jtl import optim, prefix_cache, strategy
+
+SHOWN_CLASSES = 20   # Classes listed one per line; the rest are summed.
 
 
 def _num_classes(config) -> int:
@@ -39,6 +43,39 @@ def _covered(paths: list[str], all_paths: list[str]) -> str:
         rest -= set(members)
   out = sorted(out, key=lambda p: strategy.model_order(p[:-2])) + sorted(rest, key=strategy.model_order)
   return ", ".join(out[:8]) + (f", … (+{len(out) - 8})" if len(out) > 8 else "")
+
+
+def split_sizes(config) -> list[str]:
+  """The run's data, as make_splits will carve it: images per class in train / val / test,
+  with the class names, the shots and the image size.
+
+  >>> print("\n".join(split_sizes(load_config("configs/tiny.py"))))   # doctest: +SKIP
+  data digits, 8 px, 1 channel(s): train 721 / val 0 / test 180 images
+    class              train      val     test
+    0 '0'                142        0       36
+  ...
+  """
+  from jtl import data   # Reads labels only; no image is decoded.
+  splits = data.make_splits(config.data, seed=config.seed)
+  names = splits["train"].class_names
+  counts = {k: (np.bincount(v.labels, minlength=len(names)) if v is not None
+                else np.zeros(len(names), np.int64)) for k, v in splits.items()}
+  shots = f" ({config.data.shots} shots per class)" if config.data.shots else ""
+  lines = [f"data {config.data.name}, {config.data.image_size} px, {config.data.channels} "
+           f"channel(s): train {counts['train'].sum()}{shots} / val {counts['val'].sum()} / "
+           f"test {counts['test'].sum()} images"]
+  shown = [f"{i} {name!r}" for i, name in enumerate(names[:SHOWN_CLASSES])]
+  w = max([16, *map(len, shown)])
+  lines.append(f"  {'class':<{w}} {'train':>7} {'val':>8} {'test':>8}")
+  for i, name in enumerate(shown):
+    lines.append(f"  {name:<{w}} {counts['train'][i]:>7} {counts['val'][i]:>8} "
+                 f"{counts['test'][i]:>8}")
+  if len(names) > SHOWN_CLASSES:
+    rest = slice(SHOWN_CLASSES, None)
+    lines.append(f"  {f'… {len(names) - SHOWN_CLASSES} more':<{w}} "
+                 f"{counts['train'][rest].sum():>7} {counts['val'][rest].sum():>8} "
+                 f"{counts['test'][rest].sum():>8}")
+  return lines
 
 
 def resolve(config):
@@ -66,6 +103,8 @@ def describe(config) -> str:
   lines = [f"strategy {strat.name} on {arch['name']} ({total:,} parameters), "
            f"{config.total_steps} steps, optimizer {config.optim.name}, base lr {config.optim.lr}"
            + ("" if strat.pretrained else "; from a random init (source not loaded)")]
+  lines += [f"warning: {doubt}" for doubt in config_lib.doubts(config)]
+  lines += [""] + split_sizes(config)
   for k, phase in enumerate(strat.phases):
     tx, hparams = optim.make_optimizer(config.optim, phase.labels, config.total_steps,
                                        phase.lr_mult, config.strategy.get("labels", {}))

@@ -17,6 +17,7 @@ import json
 import logging as py_logging
 import os
 import re
+import signal
 import sys
 import textwrap
 
@@ -26,7 +27,8 @@ from ml_collections import config_flags
 from jtl.config import first_line, load_module
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print what the strategy trains and exit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the images per class in each split and "
+                              "what the strategy trains, and exit.")
 _DIAGNOSE = flags.DEFINE_bool("diagnose", False, "Print transferability estimates per source and "
                               "stage (jtl/diagnose/estimate.py) and exit.")
 _RECOMMEND = flags.DEFINE_bool("recommend", False, "Recommend a strategy, cut depth and lr range "
@@ -50,8 +52,64 @@ def fail(message: str, code: int = 2) -> None:
   sys.exit(code)
 
 
+class Terminated(Exception):
+  """SIGTERM outside a training loop (inside one, runtime.Preemption checkpoints first)."""
+
+
+def stop_on_sigterm():
+  """From here on SIGTERM raises Terminated in the main thread, so that every command ends
+  on it as on Ctrl-C: one line and an exit code (stopped). Returns what restore_sigterm
+  needs to put the previous handler back."""
+  def handle(signum, frame):
+    raise Terminated("SIGTERM")
+  try:
+    return (signal.signal(signal.SIGTERM, handle),)
+  except ValueError:   # Not the main thread: signals are not ours to take.
+    return None
+
+
+def restore_sigterm(saved) -> None:
+  if saved is not None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if saved[0] is None else saved[0])
+
+
+def stopped(e: BaseException) -> tuple[str, int] | None:
+  """The one line and the exit code a command ends with on Ctrl-C (130) or SIGTERM (143);
+  None for any other error.
+
+  >>> stopped(Terminated())[1], stopped(KeyboardInterrupt())[1], stopped(ValueError())
+  (143, 130, None)
+  """
+  runtime = sys.modules.get("jtl.runtime")   # Imported by every run that can be preempted.
+  if runtime and isinstance(e, runtime.Preempted):
+    return f"jtl: {e}", e.code
+  again = ("rerun the same command to go on (a sweep keeps its finished cells, and a run "
+           "resumes from its last checkpoint).")
+  if isinstance(e, Terminated):
+    return f"jtl: terminated (SIGTERM); {again}", 143
+  if isinstance(e, KeyboardInterrupt):
+    return f"jtl: interrupted; {again}", 130
+  return None
+
+
 def main(argv: list[str] | None = None) -> dict:
+  """A config run (or --dry_run, --diagnose, --recommend); Ctrl-C and SIGTERM end it in one
+  line with exit 130 / 143, a mistake in one `jtl: error:` sentence with exit 2."""
   argv = sys.argv if argv is None else argv
+  saved = stop_on_sigterm()
+  try:
+    return _main(argv)
+  except (KeyboardInterrupt, Terminated) as e:   # Outside the training loop.
+    if verbose(argv):
+      raise
+    line, code = stopped(e)
+    print(line, file=sys.stderr)
+    sys.exit(code)
+  finally:
+    restore_sigterm(saved)
+
+
+def _main(argv: list[str]) -> dict:
   if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
     print(config_help(argv))
     sys.exit(0)
@@ -157,7 +215,7 @@ def config_help(argv: list[str]) -> str:
   for k, v in sorted(config.to_dict().items()):
     if isinstance(v, dict):
       lines += [f"  {k}.{kk} = {vv!r}" for kk, vv in sorted(v.items())]
-  lines += ["", "Flags: --workdir DIR (required), --dry_run (what the strategy trains), --verbose."]
+  lines += ["", "Flags: --workdir DIR (required), --dry_run (the splits per class, what the strategy trains), --verbose."]
   return "\n".join(lines)
 
 
@@ -169,6 +227,7 @@ def parse_config(argv: list[str]):
     fail("--config is required, e.g. --config=configs/transfer.py:strategy=linear_probe.")
   _, config = load(spec, argv)
   try:
+    flags.FLAGS.unparse_flags()   # An earlier main() in this process left its values.
     for name in [n for n in flags.FLAGS if n == "config" or n.startswith("config.")]:
       delattr(flags.FLAGS, name)   # Left by an earlier main() in this process.
     holder = config_flags.DEFINE_config_dict("config", config, f"The config of {spec}.",

@@ -394,6 +394,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
   # ---- Setup ---------------------------------------------------------------
   config_lib.check(config)
+  for doubt in config_lib.doubts(config):
+    log(f"warning: {doubt}")
   started = time.time()
   check_batch_sizes(config)
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
@@ -412,6 +414,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init = convert.load(config.init) if config.init else ({}, {}, {})
   init_rng, step_rng = rngs(config)
   built = model_build.build(config, init[2], num_classes, init_rng)
+  config = as_built(config, built.arch)   # config.json records the model that ran.
   variables, strat, loaded, anchor = initial_weights(config, built, init, init_rng)
   train_ds, cached_from = training_data(config, built, variables, strat, splits["train"],
                                         adaptation)
@@ -549,6 +552,17 @@ def _write_skipped(workdir: str, splits: dict) -> int:
     log(f"left out {len(skipped)} undecodable image(s); listed in "
         f"{os.path.join(workdir, data.SKIPPED_FILE)}")
   return len(skipped)
+
+
+def as_built(config, arch: dict):
+  """With model "auto", a copy of `config` whose model.small_stem and model.width are the
+  checkpoint's (model.json holds the rest), so config.json says what ran; else `config`."""
+  if config.model.name != "auto":
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.small_stem = bool(arch.get("small_stem", config.model.small_stem))
+  config.model.width = float(arch.get("width", config.model.width))
+  return config
 
 
 def _write_model_json(workdir, config, built, num_classes, class_names):

@@ -359,3 +359,236 @@ def test_model_auto_builds_a_checkpoints_own_widths_and_depths():
   c.model.name = "resnet18"
   with pytest.raises(ValueError, match="holds a ResNet of its own widths or depths.*model=auto"):
     build.build(c, ODD, num_classes=3, abstract=True)
+
+
+# --- 8. finishing issue 21: the dry run's splits, size=auto, one ending everywhere --------
+
+def test_dry_run_prints_the_split_sizes_per_class_with_names(tmp_path, capsys):
+  from jtl import main
+  root = photos(tmp_path / "pets")
+  main.main(["jtl", f"--config=configs/transfer.py:dataset=folder:{root},shots=3,steps=5",
+             "--dry_run"])
+  out = capsys.readouterr().out
+  # carved as in test_make_splits_trains_on_a_flat_folder_and_says_so, then 3 shots
+  assert "data folder:" in out and ", 10 px, 3 channel(s): train 9 (3 shots per class) / " \
+      "val 4 / test 7 images" in out
+  rows = [line.split() for line in out.splitlines() if line.startswith("  ") and "'" in line]
+  assert rows == [["0", "'cat'", "3", "2", "4"], ["1", "'dog'", "3", "1", "2"],
+                  ["2", "'owl'", "3", "1", "1"]]
+  # 5 steps and transfer.py's 10 warmup steps: the lr never reaches its peak, and it says so
+  assert "warning: config field optim.warmup_steps=10 is more than total_steps=5" in out
+
+
+def test_warmup_longer_than_the_run_is_named_with_both_fields():
+  c = load_config("configs/tiny.py")
+  c.total_steps, c.optim.warmup_steps = 20, 50
+  [doubt] = config_lib.doubts(c)
+  assert "optim.warmup_steps=50 is more than total_steps=20" in doubt and "ends at 0.04" in doubt
+  c.optim.warmup_steps = 20
+  assert config_lib.doubts(c) == []
+
+
+@pytest.mark.parametrize("spec", ["configs/source.py:steps=150", "configs/transfer.py:shots=5",
+                                  "configs/transfer.py:dataset=digits,classes=all"])
+def test_size_auto_keeps_the_shipped_datasets_as_they_ran(spec):
+  auto, told = load_config(spec), load_config(f"{spec},size=28,channels=3")
+  assert (auto.data.image_size, auto.data.channels) == (28, 3)
+  assert auto.to_json() == told.to_json()
+
+
+def test_size_auto_reads_a_folders_typical_image_size_and_colour(tmp_path):
+  def folder(name, size, mode):
+    for c in ("a", "b"):
+      (tmp_path / name / c).mkdir(parents=True)
+      for i, s in enumerate(size):
+        Image.new(mode, s).save(tmp_path / name / c / f"{i}.png")
+    return f"folder:{tmp_path / name}"
+  small = folder("small", [(10, 12), (14, 16), (40, 40)], "RGB")   # shorter sides 10, 14, 40
+  large = folder("large", [(640, 480)], "RGB")
+  gray = folder("gray", [(32, 32)], "L")
+  for spec in ("configs/source.py", "configs/transfer.py:init=,strategy=scratch"):
+    sep = "," if ":" in spec else ":"
+    shape = lambda dataset, more="": (lambda c: (c.data.image_size, c.data.channels))(
+        load_config(f"{spec}{sep}dataset={dataset}{more}"))
+    assert shape(small) == (14, 3)
+    assert shape(large) == (224, 3)
+    assert shape(gray) == (32, 1)
+    assert shape(gray, ",size=64,channels=3") == (64, 3)   # told: as told
+    assert shape("cifar10") == (224, 3)                    # a TFDS name: nothing is read
+    assert shape(f"{tmp_path}/missing") == (224, 3)        # the run names what is missing
+
+
+def test_transfer_takes_the_checkpoints_channels(tmp_path):
+  (tmp_path / "src").mkdir()
+  (tmp_path / "src" / "model.json").write_text(json.dumps({"data": {"channels": 1}}))
+  c = load_config(f"configs/transfer.py:init={tmp_path / 'src'}")
+  assert (c.data.image_size, c.data.channels) == (28, 1)
+
+
+@pytest.mark.parametrize("arg, match", [("size=0", "size='0' must be a positive number"),
+                                        ("channels=2", "channels='2' must be 1 or 3")])
+def test_bad_size_or_channels_are_refused_by_name(arg, match):
+  with pytest.raises(ValueError, match=match):
+    load_config(f"configs/source.py:{arg}")
+
+
+ENTRY_POINTS = {   # argv, and the function each one's work goes through
+    "sweep": (["sweep", "study.py"], "jtl.sweep", "run"),
+    "report": (["report", "somewhere"], "jtl.report", "write_report"),
+    "diagnose": (["diagnose", "configs/tiny.py"], "jtl.diagnose.estimate", "estimate"),
+    "recommend": (["recommend", "configs/tiny.py"], "jtl.diagnose.recommend", "recommend"),
+    "predict": (["predict", "--checkpoint", "somewhere", "x.png"], "jtl.predict", "describe"),
+    "convert": (["convert", "a", "b"], "jtl.convert", "convert"),
+    "adapt": (["adapt", "a", "--target", "digits", "--workdir", "b"], "jtl.adabn",
+              "adapt_checkpoint"),
+}
+
+
+@pytest.mark.parametrize("stop, code, line", [
+    ("ctrl-c", 130, "jtl: interrupted; rerun the same command"),
+    ("sigterm", 143, "jtl: terminated (SIGTERM); rerun the same command"),
+    ("mistake", 2, "jtl: error: no such thing; expected another."),
+])
+@pytest.mark.parametrize("command", ENTRY_POINTS)
+def test_every_entry_point_ends_in_one_line(monkeypatch, capsys, command, stop, code, line):
+  import importlib
+  import signal
+  import time
+
+  from jtl import cli, main, sweep
+  argv, module, name = ENTRY_POINTS[command]
+  before = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setattr(sweep, "load_study", lambda path: sweep.Study(
+      "s", [sweep.Stage("t", "configs/tiny.py")]))
+  monkeypatch.delenv("JTL_TRACEBACK", raising=False)
+
+  def work(*args, **kwargs):
+    if stop == "ctrl-c":
+      raise KeyboardInterrupt
+    if stop == "mistake":
+      raise ValueError("no such thing; expected another.")
+    assert callable(signal.getsignal(signal.SIGTERM)), "SIGTERM would kill the process"
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    raise AssertionError("SIGTERM did not stop the command")
+  monkeypatch.setattr(importlib.import_module(module), name, work)
+
+  def run(args):
+    try:
+      return cli.main(args)
+    except SystemExit as e:
+      return e.code
+  assert run(argv) == code
+  err = capsys.readouterr().err
+  said = [l for l in err.splitlines() if l.startswith("jtl:")]
+  assert len(said) == 1 and said[0].startswith(line) and "Traceback" not in err, err
+  assert signal.getsignal(signal.SIGTERM) == before   # put back afterwards
+  raised = {"ctrl-c": KeyboardInterrupt, "sigterm": main.Terminated, "mistake": ValueError}
+  with pytest.raises(raised[stop]):   # --verbose: the error itself, with its traceback
+    cli.main([*argv, "--verbose"])
+
+
+def test_model_auto_records_the_model_that_ran_in_config_json(tmp_path):
+  from jtl import train, workdir
+  c = load_config("configs/transfer.py:model=auto")
+  c.lock()
+  ran = train.as_built(c, {"name": "resnet18", "small_stem": False, "width": 1.0})
+  assert (ran.model.name, ran.model.small_stem, ran.model.width) == ("auto", False, 1.0)
+  assert (c.model.small_stem, c.model.width) == (True, 0.25)   # the caller's config untouched
+  (tmp_path / "config.json").write_text(ran.to_json_best_effort())
+  assert workdir.config_changes(str(tmp_path), train.as_built(c, {"small_stem": False,
+                                                                  "width": 1.0})) == []
+  assert train.as_built(load_config("configs/source.py"), {"width": 1.0}).model.width == 0.25
+
+
+@pytest.mark.slow
+def test_a_model_auto_run_writes_the_checkpoints_model_to_config_json(tmp_path, source_run):
+  from jtl import train
+  from test_train import tiny_config
+  c = tiny_config(**{"model.name": "auto", "init": source_run, "model.width": 1.0,
+                     "model.small_stem": False, "total_steps": 1})
+  train.train_and_evaluate(c, str(tmp_path))
+  model = json.load(open(tmp_path / "model.json"))["model"]
+  written = json.load(open(tmp_path / "config.json"))["model"]
+  assert (written["small_stem"], written["width"]) == (model["small_stem"], model["width"]) \
+      == (True, 0.125)
+  train.train_and_evaluate(c, str(tmp_path))   # the same command resumes (finishes) as before
+
+
+def test_provenance_shows_the_command_as_typed(monkeypatch):
+  from jtl import sweep
+  monkeypatch.delenv("JTL_COMMAND", raising=False)
+  assert sweep.typed_command([os.path.join(REPO, "jtl", "cli.py"), "sweep", "x.py"]) == \
+      "jtl sweep x.py"
+  assert sweep.typed_command([os.path.join(REPO, ".venv", "bin", "jtl"), "sweep", "a b.py"]) == \
+      "jtl sweep 'a b.py'"
+  assert sweep.typed_command(["experiments/x.py", "--workdir", "w"]) == \
+      "experiments/x.py --workdir w"
+  text = open(os.path.join(REPO, "launch.sh")).read()
+  [export] = [l for l in text.splitlines() if l.startswith("export JTL_COMMAND=")]
+  typed = subprocess.run(["bash", "-c", export + '; printf %s "$JTL_COMMAND"', "./launch.sh",
+                          "sweep", "experiments/a b.py"], capture_output=True, text=True).stdout
+  monkeypatch.setenv("JTL_COMMAND", typed)
+  assert sweep.typed_command(["whatever"]) == r"./launch.sh sweep experiments/a\ b.py"
+
+
+@pytest.mark.parametrize("value, shown", [("'abc", "\"'abc\""), ("abc'", "\"abc'\""),
+                                          ("'abc'", "\"'abc'\"")])
+def test_a_quoted_float_keeps_its_quotes_in_the_error(value, shown, capsys):
+  from jtl import main
+  with pytest.raises(SystemExit) as e:
+    main.main(["jtl", "--config=configs/tiny.py", f"--config.optim.lr={value}", "--dry_run"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and f"could not convert string to float: {shown}." in err, err
+
+
+def test_the_accuracy_plot_is_in_percent_like_the_table():
+  from jtl.report import plots, stats
+  plt = plots._pyplot()
+  rows = [{"strategy": "a", "seed": s, "test_accuracy": t, "val_accuracy": 0.5}
+          for s, t in enumerate([1.0, 1.0, 0.9])]
+  spec = {"by": [], "compare": "strategy"}
+  fig, ax = plt.subplots()
+  plots._per_value(ax, rows, spec, stats.select(rows, spec), ["a"])
+  assert ax.lines[0].get_ydata()[0] == pytest.approx(96.667, abs=1e-3)
+  (_, lo), (_, hi) = ax.collections[0].get_segments()[0]
+  assert hi == pytest.approx(100) and 0 < lo < 96.667   # the interval stops at 100 %
+  plt.close(fig)
+
+
+# --- 9. README's first run, exactly as written, from the folder's own directory ---------
+
+def readme_first_run() -> list[str]:
+  """The commands of README's "Your own images" section, in order."""
+  import re
+  text = open(os.path.join(REPO, "README.md")).read()
+  section = text.split("### Your own images")[1].split("\n#")[0]
+  [block] = re.findall(r"```bash\n(.*?)```", section, re.S)
+  return [l.split("  #")[0].split(" # ")[0].strip() for l in block.splitlines() if l.strip()]
+
+
+@pytest.mark.slow
+def test_readmes_first_run_works_as_written_from_the_users_directory(tmp_path):
+  import shlex
+  import time
+  commands = readme_first_run()
+  assert commands[0].startswith("cd ") and len(commands) == 4, commands
+  photos(tmp_path / "photos", {"cat": 20, "dog": 20, "owl": 20})
+  photos(tmp_path / "rare", {"cat": 10, "dog": 10, "owl": 10})
+  took = []
+  for command in commands[1:]:
+    args = shlex.split(command.replace("/path/to/jtl/", REPO + "/"))
+    start = time.time()
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    took.append(round(time.time() - start))
+    assert result.returncode == 0, (command, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr and "jtl: warning" not in result.stdout, command
+  for run in ("photos", "rare"):
+    assert (tmp_path / "runs" / run / "summary.json").exists()   # here, not in the repository
+    assert json.load(open(tmp_path / "runs" / run / "config.json"))["data"]["image_size"] == 10
+    assert (tmp_path / "runs" / run / folder.SPLIT_FILE).exists()
+  assert json.load(open(tmp_path / "runs" / "rare" / "model.json"))["class_names"] == \
+      ["cat", "dog", "owl"]
+  assert result.stdout.startswith("rare/owl/1.png\n")
+  assert any(name in result.stdout for name in ("cat", "dog", "owl"))
+  print("seconds per command:", took)

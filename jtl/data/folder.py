@@ -241,6 +241,30 @@ class FolderSource(Source):
     return {"image": decode_rgb(self.paths[i]), "label": int(self.labels[i])}
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def typical_shape(root: str | os.PathLike, sample: int = 64) -> tuple[int, bool] | None:
+  """The median shorter side of up to `sample` train images spread evenly over the folder,
+  and whether every one of them is grayscale, from the files' headers (nothing decoded);
+  None when no image can be read.
+
+  >>> typical_shape("photos")   # doctest: +SKIP
+  (375, False)
+  """
+  src = FolderSource(root, "train")
+  paths = src.paths[::max(1, len(src.paths) // sample)][:sample]
+  sides, gray = [], True
+  for path in paths:
+    try:
+      with Image.open(path) as im:
+        sides.append(min(im.size))
+        gray = gray and im.mode in GRAY_MODES
+    except Exception:   # A broken file is named when a run reads it, not here.
+      continue
+  return (int(np.median(sides)), gray) if sides else None
+
+
 def write_split_file(workdir: str | os.PathLike, splits: dict) -> str | None:
   """Writes WORKDIR/SPLIT_FILE, "SPLIT<tab>PATH" per image, when a split of `splits` (a
   run's Subsets) comes from a carved folder; returns its path, else None.

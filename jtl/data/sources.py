@@ -22,7 +22,8 @@ from urllib.parse import quote
 import numpy as np
 
 from jtl.data.base import Source, check_split
-from jtl.data.folder import FolderSource
+from jtl.config import IMAGE_SHAPES
+from jtl.data.folder import FolderSource, typical_shape
 from jtl.data.shift import SHIFT_SEP, ShiftedSource, parse_shift
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -250,6 +251,31 @@ class TfdsSource(Source):
 
 
 # --- by name -----------------------------------------------------------------
+
+AUTO_SIZE = 224   # An image folder's largest "auto" size, and a TFDS dataset's.
+
+
+def image_shape(name: str) -> tuple[int, int]:
+  """The image size and channels of config arguments size=auto and channels=auto: jtl's own
+  datasets as the shipped studies ran them (config.IMAGE_SHAPES); an image folder's typical
+  shorter side, at most AUTO_SIZE, in 1 channel when its images are grayscale; AUTO_SIZE
+  and 3 for a TFDS dataset, or a folder that cannot be read (the run then says why).
+
+  >>> image_shape("fashion_mnist")
+  (28, 3)
+  """
+  base = name.split(SHIFT_SEP)[0]
+  if base in IMAGE_SHAPES:
+    return IMAGE_SHAPES[base]
+  if base.startswith("folder:") or os.path.isdir(base):
+    try:
+      found = typical_shape(Path(base.removeprefix("folder:")))
+    except (OSError, ValueError):
+      found = None
+    if found:
+      return min(found[0], AUTO_SIZE), 1 if found[1] else 3
+  return AUTO_SIZE, 3
+
 
 def load_source(name: str, split: str, data_dir: str | None = None, *, skip_corrupt: bool = False,
                 test_fraction: float | None = None) -> Source:

@@ -19,8 +19,18 @@ def _pyplot():
   return plt
 
 
-def _half(lo: float | None, hi: float | None) -> float:
-  return 0 if lo is None else (hi - lo) / 2
+def _percent(values: Sequence[float]) -> tuple[float, list[float]]:
+  """The mean in %, and its error bar below and above, the interval kept within 0-100 %
+  as the table keeps it (RESULTS.md is in %, and so are the plots).
+
+  >>> m, (below, above) = _percent([0.9, 1.0, 1.0]); round(m + above, 6)   # not 111.0
+  100.0
+  """
+  m, lo, hi = mean_ci(list(values))
+  if lo is None:
+    return 100 * m, [0.0, 0.0]
+  lo, hi = max(lo, 0.0), min(hi, 1.0)
+  return 100 * m, [100 * (m - lo), 100 * (hi - m)]
 
 
 def _against_x(ax, rows: list[dict], spec: dict, chosen: dict, order: list) -> None:
@@ -38,11 +48,11 @@ def _against_x(ax, rows: list[dict], spec: dict, chosen: dict, order: list) -> N
         continue
       xs, ms, errs = [], [], []
       for xv, c in pts:
-        m, lo, hi = mean_ci([r[METRIC] for r in c["rows"]])
-        xs.append(xv), ms.append(m), errs.append(_half(lo, hi))
+        m, err = _percent([r[METRIC] for r in c["rows"]])
+        xs.append(xv), ms.append(m), errs.append(err)
       pos = list(range(len(xs))) if not all(isinstance(v, (int, float)) for v in xs) else xs
       label = f"{name}" + (f" ({', '.join(map(str, split))})" if rest else "")
-      ax.errorbar(pos, ms, yerr=errs, marker="o", capsize=3, label=label)
+      ax.errorbar(pos, ms, yerr=list(zip(*errs)), marker="o", capsize=3, label=label)
       if pos is not xs:
         ax.set_xticks(pos, [str(v) for v in xs])
   if all(isinstance(r.get(x), (int, float)) for r in rows) and x in ("shots",):
@@ -59,10 +69,11 @@ def _per_value(ax, rows: list[dict], spec: dict, chosen: dict, order: list) -> N
     for name in order:
       c = chosen.get((*split, name))
       if c:
-        m, lo, hi = mean_ci([r[METRIC] for r in c["rows"]])
-        ms.append(m), errs.append(_half(lo, hi)), names.append(name)
+        m, err = _percent([r[METRIC] for r in c["rows"]])
+        ms.append(m), errs.append(err), names.append(name)
     offset = (j - (len(splits) - 1) / 2) * 0.8 / max(len(splits), 1)
-    ax.errorbar([order.index(n) + offset for n in names], ms, yerr=errs, fmt="o", capsize=4,
+    ax.errorbar([order.index(n) + offset for n in names], ms,
+                yerr=list(zip(*errs)) if errs else None, fmt="o", capsize=4,
                 label=", ".join(f"{b}={v}" for b, v in zip(by, split)) or None)
   ax.set_xticks(range(len(order)), order, rotation=20, ha="right")
 
@@ -102,11 +113,11 @@ def plot(rows: list[dict], spec: dict, diffs: list[dict], path_prefix: str,
   else:
     _per_value(ax, rows, spec, chosen, order)
   if reference:
-    m, lo, hi = mean_ci([r[METRIC] for r in reference])
+    m, (below, above) = _percent([r[METRIC] for r in reference])
     ax.axhline(m, color="k", ls="--", lw=1, label=f"{spec['reference']} (reference)")
-    if lo is not None:
-      ax.axhspan(lo, hi, color="k", alpha=0.08)
-  ax.set_ylabel("target test accuracy (mean ± 95% CI)")
+    if below or above:
+      ax.axhspan(m - below, m + above, color="k", alpha=0.08)
+  ax.set_ylabel("target test accuracy, % (mean ± 95% CI)")
   ax.set_title(spec.get("title") or "test accuracy over seeds")
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
