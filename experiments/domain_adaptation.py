@@ -11,8 +11,9 @@ r"""Domain adaptation on offline shifts: source-only vs DANN vs Deep CORAL vs MM
    training. The target is Fashion-MNIST under one corruption (jtl/data/shift.py):
    inverted, Gaussian noise at severity 5, blur at severity 5. Source-only takes the same
    steps without target images. A control, `mixed_bn`, puts the target images in the
-   batch (so BatchNorm's statistics see both domains) with no loss term: the part of
-   a method's gain that BatchNorm alone gives (AdaBN, Li et al. 2016). Test accuracy is
+   batch (so BatchNorm's statistics see both domains) with no loss term. It is weaker
+   than AdaBN (Li et al. 2016: target statistics alone; adapt.adabn, jtl adapt), which
+   this study predates and does not compare with. Test accuracy is
    on the target's 10000 test images.
 
 Model selection never sees target test labels. Each method's weight was chosen per shift
