@@ -154,8 +154,8 @@ def _main(argv: list[str]) -> dict:
   except USER_ERRORS as e:
     if verbose(argv):
       raise
-    fail(os_error(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
-         else first_line(e))
+    fail(os_error(e, _WORKDIR.value) if isinstance(e, OSError)
+         and not isinstance(e, FileNotFoundError) else first_line(e))
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=2))
   return summary
@@ -189,12 +189,14 @@ def diagnose(config, argv) -> dict:
   return result
 
 
-def os_error(e: OSError) -> str:
-  """"cannot write runs/x: Permission denied" rather than errno soup."""
+def os_error(e: OSError, workdir: str | None = None) -> str:
+  """"cannot use runs/x: Permission denied" rather than errno soup; `workdir` names the
+  place when the error has no file name (a write that fails after its file was opened)."""
   what = {17: "is a file, not a folder", 20: "is a file, not a folder"}.get(e.errno, e.strerror)
   if e.errno == 28:
     what = "no space left on device"
-  return f"cannot use {e.filename}: {what or e}; choose another --workdir or free the space."
+  return (f"cannot use {e.filename or workdir}: {what or e}; choose another --workdir or free "
+          "the space.")
 
 
 def config_help(argv: list[str]) -> str:

@@ -260,3 +260,13 @@ def test_readme_commands_work_in_order_or_fail_in_one_sentence(tmp_path):
   ok = {c for c, rc in ran if rc == 0}
   assert "./launch.sh configs/source.py --workdir runs/source" in ok
   assert any(c.startswith("./launch.sh configs/transfer.py:init=runs/source") for c in ok)
+
+
+def test_a_failed_write_with_no_file_name_names_the_workdir():
+  from jtl import main
+  # ENOSPC raised by a write to an already open file carries no file name (seen in CI's
+  # disk-full fault, which then printed "cannot use None").
+  text = main.os_error(OSError(28, "No space left on device"), "runs/x")
+  assert text.startswith("cannot use runs/x: no space left on device")
+  named = main.os_error(OSError(28, "No space left on device", "runs/x/checkpoints/4"), "runs/x")
+  assert named.startswith("cannot use runs/x/checkpoints/4:")
