@@ -37,9 +37,9 @@ import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from jtl import adapt, checkpoint, convert, data, writers
+from jtl import adapt, convert, data, writers
+from jtl.convert import export
 from jtl.models import STAGES
 from jtl.models import build as model_build
 
@@ -212,9 +212,7 @@ def adapt_checkpoint(source: str, target: str, workdir: str, *, classes=None,
   ...                  "runs/adabn_blur")["test_accuracy"]
   0.68
   """
-  root = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINTS)
-  if os.path.isdir(root) and any(d.isdigit() for d in os.listdir(root)):
-    raise FileExistsError(f"{root} already holds checkpoints; adapt into a new folder.")
+  export.new_checkpoints(workdir, "adapt")   # Refused before the passes, not after.
   params, batch_stats, meta = convert.load(source)
   forward = model_build.forward(model_build.from_meta(meta), meta["data"]["mean"],
                                 meta["data"]["std"])
@@ -235,10 +233,7 @@ def adapt_checkpoint(source: str, target: str, workdir: str, *, classes=None,
              "test_accuracy_before_adabn": accuracy(forward, before, splits["test"], **size),
              "test_accuracy": accuracy(forward, after, splits["test"], **size),
              **label_free_scores(forward, after, splits["train"], **size)}
-  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-  with ocp.CheckpointManager(root, options=options, item_names=("model",)) as mgr:
-    mgr.save(0, args=ocp.args.Composite(model=ocp.args.StandardSave(after)))
-  meta = {**meta, "adabn": {"init": source, "target": target, "images": len(splits["train"])}}
-  writers.write_atomic(os.path.join(workdir, checkpoint.MODEL_JSON), json.dumps(meta, indent=2))
+  export.write_workdir(workdir, after, {**meta, "adabn": {
+      "init": source, "target": target, "images": len(splits["train"])}}, verb="adapt")
   writers.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   return summary

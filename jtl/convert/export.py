@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jtl import checkpoint
+from jtl import checkpoint, writers
 from jtl.models import build as model_build
 from jtl.convert.bit import load_bit
 from jtl.convert.hf import load_hf
@@ -175,16 +175,27 @@ def convert(src: str, dst: str) -> dict:
                             jnp.zeros((1, size, size, channels)))
   params, _ = checkpoint.merge(abstract["params"], params, source=src)
   batch_stats, _ = checkpoint.merge(abstract.get("batch_stats", {}), batch_stats, source=src)
-  root = os.path.join(os.path.abspath(dst), checkpoint.CHECKPOINTS)
-  if os.path.isdir(root) and any(d.isdigit() for d in os.listdir(root)):
-    raise FileExistsError(f"{root} already holds checkpoints; convert into a new folder.")
-  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-  with ocp.CheckpointManager(root, options=options, item_names=("model",)) as mgr:
-    mgr.save(0, args=ocp.args.Composite(model=ocp.args.StandardSave(
-        {"params": params, "batch_stats": batch_stats})))
-  with open(os.path.join(dst, MODEL_JSON), "w") as f:
-    json.dump(meta, f, indent=2)
+  write_workdir(dst, {"params": params, "batch_stats": batch_stats}, meta, verb="convert")
   return meta
 
 
-__all__ = ["build_model", "convert", "detect_format", "init_head", "load", "load_into"]
+def new_checkpoints(dst: str, verb: str) -> str:
+  """`dst`'s checkpoint folder, refused if it already holds a checkpoint (never overwritten)."""
+  root = os.path.join(os.path.abspath(dst), checkpoint.CHECKPOINTS)
+  if os.path.isdir(root) and any(d.isdigit() for d in os.listdir(root)):
+    raise FileExistsError(f"{root} already holds checkpoints; {verb} into a new folder.")
+  return root
+
+
+def write_workdir(dst: str, variables: dict, meta: dict, *, verb: str) -> None:
+  """A model as a jtl workdir: `checkpoints/0/model` (orbax) and `model.json`, what
+  `checkpoint.load_model`, `jtl predict` and config.init read."""
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(new_checkpoints(dst, verb), options=options,
+                             item_names=("model",)) as mgr:
+    mgr.save(0, args=ocp.args.Composite(model=ocp.args.StandardSave(variables)))
+  writers.write_atomic(os.path.join(dst, MODEL_JSON), json.dumps(meta, indent=2))
+
+
+__all__ = ["build_model", "convert", "detect_format", "init_head", "load", "load_into",
+           "new_checkpoints", "write_workdir"]
