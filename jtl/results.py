@@ -65,3 +65,10 @@ def read_study(root: str) -> dict:
   """ROOT/STUDY_JSON as written by jtl/sweep.py."""
   with open(os.path.join(root, STUDY_JSON)) as f:
     return json.load(f)
+
+
+def tune_stages(tune_stage) -> tuple[str, ...]:
+  """A report's tune_stage as a tuple of stage names (it may name one, several or none)."""
+  if not tune_stage:
+    return ()
+  return (tune_stage,) if isinstance(tune_stage, str) else tuple(tune_stage)

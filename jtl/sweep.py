@@ -49,9 +49,10 @@ from typing import Any, Mapping, Sequence
 
 from jtl.config import first_line, import_file, load_config  # Loaded in one place.
 from jtl.results import (DIAGNOSTICS, RESULTS, STUDY_JSON, SUMMARY, append_result, read_results,
-                         result_row)
+                         result_row, tune_stages)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABEL_ONLY = "label:"   # A grid field under this prefix names a label, not a config field.
 
 
 # ---------------------------------------------------------------------------
@@ -132,11 +133,21 @@ class Tuned:
   leave_out: an axis (e.g. "shift") whose own value never chooses: the value for shift X
   is chosen on the tuning cells of every other shift (leave-one-out), which shows how a
   setting does where nobody tuned for it.
+  where: labels the tuning cells must have instead of this cell's own, to borrow another
+  arm's choice: LP-FT's probe phase takes linear_probe's lr with
+  `Tuned("tune", "lr", where={"strategy": "linear_probe"}, label="lp_lr")`.
+  label: the name the choice joins the cell's labels under (default: `axis`).
+
+  Under a key "label:NAME" instead of a config field, the choice only joins the labels,
+  for a template: BnB's init `{root}/base/seed={seed},lr={base_lr}` with
+  `{"label:base_lr": Tuned("base_tune", "lr")}`.
   """
   stage: str
   axis: str
   select_on: str = "val_accuracy"
   leave_out: str | None = None
+  where: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  label: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +173,13 @@ class Report:
   means (e.g. ("source_test_accuracy",)); tune_seeds: seeds whose validation results
   make the `select` choice and which are then left out of every reported mean and
   difference (so no seed both tunes and reports); tune_stage: the stage whose cells chose a
-  `Tuned` field of this stage (its seeds become the tune seeds, its rows show each
-  candidate's validation mean); margin: the equivalence margin (e.g.
-  0.02, two points) below which a TOST may call a difference "indistinguishable".
+  `Tuned` field of this stage, or several such stages (their seeds become the tune seeds,
+  their rows show each candidate's validation mean); contrasts: pairs (a, b) of compared
+  values whose paired differences join the baseline's family (e.g. ("lp_ft",
+  "full_finetune")); metrics: further results (e.g. "test_accuracy@fashion_mnist+shift:blur:3",
+  an OOD test set) shown as means, whose differences form a family of their own each;
+  margin: the equivalence margin (e.g. 0.02, two points) below which a TOST may call a
+  difference "indistinguishable".
   """
   stage: str
   compare: str
@@ -175,8 +190,10 @@ class Report:
   x: str | None = None
   select_on: str = "val_accuracy"
   columns: tuple[str, ...] = ()
+  contrasts: tuple[tuple[str, str], ...] = ()
+  metrics: tuple[str, ...] = ()
   tune_seeds: tuple[int, ...] = ()
-  tune_stage: str | None = None
+  tune_stage: str | tuple[str, ...] | None = None
   margin: float | None = None
   title: str = ""
   notes: str = ""
@@ -222,11 +239,15 @@ def cells(study: Study, root: str) -> list[Cell]:
     for point in stage.grid:
       labels, fields, pending = dict(point.labels), {}, False
       for field, value in {**stage.fixed, **point.fields}.items():
+        label_only = field[len(LABEL_ONLY):] if field.startswith(LABEL_ONLY) else None
         if isinstance(value, Tuned):
           rows = read_results(root) if rows is None else rows
           tuned, (value, waits) = value, _choose(study, stage, value, labels, rows, out)
-          labels[tuned.axis], pending = value, pending or waits
-        fields[field] = value
+          labels[label_only or tuned.label or tuned.axis], pending = value, pending or waits
+        elif label_only:
+          labels[label_only] = value
+        if not label_only:
+          fields[field] = value
       name = ",".join(f"{k}={_fmt(v)}" for k, v in labels.items()) or "run"
       if name in seen:
         raise ValueError(f"stage {stage.name!r}: two grid points are both named {name!r}.")
@@ -260,6 +281,7 @@ def _choose(study: Study, stage: Stage, tuned: Tuned, labels: dict, rows: list[d
     raise ValueError(f"stage {stage.name!r}: Tuned({tuned.stage!r}, {tuned.axis!r}) names no "
                      "earlier stage of this study.")
   free = ("seed", tuned.axis, tuned.leave_out)
+  labels = {**labels, **tuned.where}
   shared = lambda c: all(c.labels[k] == v for k, v in labels.items()
                          if k in c.labels and k not in free)
   candidates = [c for c in tuning if shared(c) and (
@@ -327,11 +349,12 @@ def validate(study: Study, root: str) -> list[tuple[Cell, Any]]:
     from jtl.report import stats
     stats.check_select_on(study.report.select_on)
     seeds = {c.labels.get("seed") for c, _ in out if c.stage == study.report.stage}
-    tune_stage = {c.labels.get("seed") for c, _ in out if c.stage == study.report.tune_stage}
-    if study.report.tune_stage and (study.report.tune_stage not in stages or seeds & tune_stage):
+    tuning = tune_stages(study.report.tune_stage)
+    tune_seeds = {c.labels.get("seed") for c, _ in out if c.stage in tuning}
+    if not set(tuning) <= stages or seeds & tune_seeds:
       raise ValueError(f"study {study.name}: report tune_stage={study.report.tune_stage!r} must "
-                       f"be a stage whose seeds are not reported; seeds {sorted(seeds & tune_stage)} "
-                       f"are in both it and stage {study.report.stage!r}.")
+                       f"name stages whose seeds are not reported; seeds {sorted(seeds & tune_seeds)} "
+                       f"are in both and in stage {study.report.stage!r}.")
     if study.report.tune_seeds and not seeds - set(study.report.tune_seeds):
       raise ValueError(f"study {study.name}: every seed of stage {study.report.stage!r} is a "
                        "tuning seed (report tune_seeds); add seeds to report on.")

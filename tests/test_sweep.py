@@ -235,3 +235,70 @@ def test_leave_one_out_never_chooses_a_value_on_the_held_out_setting(tmp_path):
             if c.stage == "target"}
   # a: chosen on b and c (c's 0.99 at lr 1.0 wins); c: on a and b (a tie at 0.55, first met).
   assert chosen == {"a": 1.0, "b": 1.0, "c": 0.01}   # b and c never get their own best.
+
+
+def test_a_tuned_field_can_borrow_another_arms_choice_and_a_label_only_choice_fills_templates(
+    tmp_path):
+  # LP-FT's probe lr is linear_probe's choice (lp peaks at 1.0, ft at 0.1 in VAL); a B model's
+  # path names the base's chosen lr without setting any config field.
+  study, root = tuned_study(), str(tmp_path)
+  finish(root, [c for c in sweep.cells(study, root) if c.stage == "tune"])
+  borrowed = sweep.Study("borrow", [study.stages[0], sweep.Stage(
+      "lpft", TINY, sweep.seeds(2), fixed={
+          **TINY_FIELDS, "strategy.name": "lp_ft",
+          "strategy.lp_lr_mult": sweep.Tuned("tune", "lr", where={"strategy": "lp"},
+                                             label="lp_lr"),
+          "init": "{root}/base/lr={base_lr}",
+          "label:base_lr": sweep.Tuned("tune", "lr", where={"strategy": "ft"})})])
+  cells = {c.name: c for c in sweep.cells(borrowed, root) if c.stage == "lpft"}
+  assert set(cells) == {"seed=0,lp_lr=1,base_lr=0.1", "seed=1,lp_lr=1,base_lr=0.1"}
+  c = cells["seed=0,lp_lr=1,base_lr=0.1"]
+  assert c.fields["strategy.lp_lr_mult"] == 1.0
+  assert c.fields["init"] == f"{root}/base/lr=0.1" and "label:base_lr" not in c.fields
+  sweep.cell_config(c)   # Every field is a config field.
+
+
+def test_a_report_tuned_in_two_stages_with_contrasts_and_an_extra_metric_makes_three_families(
+    tmp_path):
+  """Two tuning stages (their seeds never reported), contrasts beside the baseline in one
+  family, and an OOD result whose differences are a family of their own."""
+  from jtl import results
+  arms = sweep.options("strategy", {"lp": {"strategy.name": "linear_probe"},
+                                    "ft": {"strategy.name": "full_finetune"},
+                                    "sc": {"strategy.name": "scratch"}})
+  lrs = sweep.axis("optim.lr", [0.01, 0.1, 1.0])
+  study = sweep.Study("two", [
+      sweep.Stage("tune", TINY, sweep.product(arms[:2], lrs, sweep.seeds([100, 101]))),
+      sweep.Stage("tune_sc", TINY, sweep.product(arms[2:], lrs, sweep.seeds([100, 101]))),
+      sweep.Stage("target", TINY, sweep.product(arms, sweep.seeds(4)), fixed={
+          "optim.lr": sweep.Tuned("tune", "lr")})],
+      report=sweep.Report(stage="target", compare="strategy", select="lr", baseline="sc",
+                          tune_stage=("tune", "tune_sc"), contrasts=(("lp", "ft"),),
+                          metrics=("test_accuracy@ood",)))
+  # tune_sc's candidates: sc peaks at 0.01. (The target stage's Tuned names stage tune for
+  # every arm, so sc's target cells are written by hand below at the tune_sc choice.)
+  val = {**VAL, ("sc", 0.01): 0.9, ("sc", 0.1): 0.5, ("sc", 1.0): 0.3}
+  root = str(tmp_path)
+  sweep._write_study_json(study, root, ["test"])
+  finish(root, [c for c in sweep.cells(dataclasses.replace(study, stages=study.stages[:2]),
+                                         root)], val=lambda c: val[c.labels["strategy"],
+                                                                  c.labels["lr"]])
+  test = {"lp": 0.70, "ft": 0.60, "sc": 0.50}     # lp beats sc in distribution by 20 points,
+  ood = {"lp": 0.40, "ft": 0.40, "sc": 0.40}      # and by nothing out of it.
+  for arm, lr in (("lp", 1.0), ("ft", 0.1), ("sc", 0.01)):
+    for seed in range(4):
+      cell = sweep.Cell("target", f"strategy={arm},seed={seed},lr={lr}",
+                        {"strategy": arm, "seed": seed, "lr": lr}, {}, TINY, "w")
+      results.append_result(root, results.result_row(cell, {
+          "val_accuracy": 0.5, "test_accuracy": test[arm] + 0.01 * (seed % 2),
+          "test_accuracy@ood": ood[arm] + 0.01 * ((seed + (arm == "lp")) % 3)}))
+  text = report.write_report(root)
+  assert "made on seeds 100, 101 (stage `tune`, `tune_sc`)" in text
+  sc_row = next(line for line in text.splitlines() if line.startswith("| sc"))
+  assert "0.01 **edge of grid** (val % — 0.01: 90.0" in sc_row and "| 4 |" in sc_row
+  assert "test acc@ood %" in text
+  families = [line for line in text.splitlines() if line.startswith("Paired differences")]
+  assert len(families) == 2 and "3 differences are one family" in families[0]
+  assert "`lp` − `ft`" in families[0] and "`test_accuracy@ood`" in families[1]
+  assert "- lp − ft: lp beats ft" in text
+  assert "- lp − sc (test_accuracy@ood): no difference detected" in text

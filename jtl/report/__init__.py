@@ -61,8 +61,9 @@ def write_report(root: str) -> str:
   if not stage_rows:
     raise ValueError(f"{root}/{results.RESULTS} has no finished cell of stage "
                      f"{spec['stage']!r} yet.")
-  if spec.get("tune_stage"):   # Its cells chose; their seeds tune and are never reported.
-    tuning = [r for r in rows if r["stage"] == spec["tune_stage"]]
+  tune_stages = results.tune_stages(spec.get("tune_stage"))
+  if tune_stages:   # Their cells chose; their seeds tune and are never reported.
+    tuning = [r for r in rows if r["stage"] in tune_stages]
     spec = {**spec, "tune_seeds": sorted({r.get("seed") for r in tuning})}
     stage_rows = tuning + stage_rows
   table, diffs = tables(stage_rows, spec, reference)

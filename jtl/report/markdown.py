@@ -16,7 +16,7 @@ from typing import Sequence
 
 from jtl.report.stats import (METRIC, SELECT_ON, family_verdicts, group_key, mean_ci, mean_of,
                               paired, select, stage_mean)
-from jtl.results import RESULTS
+from jtl.results import RESULTS, tune_stages
 
 
 def pct(x: float | None) -> str:
@@ -76,7 +76,8 @@ def tables(rows: list[dict], spec: dict, reference: Sequence[dict] = ()
   """
   chosen = select(rows, spec)
   compare, by, sel = spec["compare"], list(spec["by"]), spec.get("select")
-  on, columns = spec.get("select_on") or SELECT_ON, list(spec.get("columns") or ())
+  on = spec.get("select_on") or SELECT_ON
+  columns = list(dict.fromkeys([*(spec.get("columns") or ()), *(spec.get("metrics") or ())]))
   order = list(dict.fromkeys(r[compare] for r in rows))
   splits = list(dict.fromkeys(group_key(r, by) for r in rows))
   head = [*by, compare] + ([f"{sel} (chosen on {words(on)})"] if sel else []) + [
@@ -96,39 +97,62 @@ def tables(rows: list[dict], spec: dict, reference: Sequence[dict] = ()
           f"{statistics.fmean(r.get('train_time_s') or 0 for r in rs):.0f}"]
       lines.append(_row(cells))
   diffs = []
-  base = spec.get("reference") or spec.get("baseline")
-  if base:
-    for split in splits:
-      b_rows = _baseline_rows(chosen, split, spec, list(reference))
-      if not b_rows:
-        continue
-      b_edge = bool((chosen.get((*split, base)) or {}).get("edge"))
-      for name in order:
-        a = chosen.get((*split, name))
-        if name == base or not a:
-          continue
-        d = paired(a["rows"], b_rows)
-        edges = [n for n, e in ((name, a.get("edge")), (base, b_edge)) if e]
-        diffs.append(d | {"split": dict(zip(by, split)), "a": name, "b": base,
-                          "edge_arms": edges})
-    # The whole table of differences is one family: Holm over all of them.
-    family_verdicts(diffs, [(d["a"], d["b"]) for d in diffs], margin=spec.get("margin"))
-    head = [*by, "difference", "seeds", "mean [95% CI], points", "p", "Holm p"]
-    head += ["TOST Holm p"] if spec.get("margin") else []
-    dl = [_row(head + ["verdict"]), "|" + "---|" * (len(head) + 1)]
-    for d in diffs:
-      dl.append(_row([*map(str, d["split"].values()), f"{d['a']} − {d['b']}",
-                      str(len(d["seeds"])), signed_ci(d["mean"], d["lo"], d["hi"]), _p(d["p"]),
-                      _p(d["p_holm"])] + ([_p(d["tost_p_holm"])] if spec.get("margin") else [])
-                     + [verdict_text(d)]))
-    lines += ["", f"Paired differences against `{base}`"
-              + (" (the reference stage)" if spec.get("reference") else "")
-              + " on the same seeds (the same data draw); test accuracy, percentage points. "
-              f"The {len(diffs)} differences are one family: verdicts use Holm-adjusted "
-              "p-values (paired t-tests)" + (f", and 'indistinguishable' a Holm-adjusted TOST "
-                                             f"against ±{100 * spec['margin']:.1f} points"
-                                             if spec.get("margin") else "") + ":", ""] + dl
+  for metric in [METRIC, *(spec.get("metrics") or ())]:
+    family = _differences(chosen, splits, order, spec, list(reference), metric)
+    if family:
+      lines += ["", *_differences_table(family, spec, metric)]
+      diffs += family
   return "\n".join(lines), diffs
+
+
+def _differences(chosen: dict, splits: list, order: list, spec: dict, reference: list[dict],
+                 metric: str) -> list[dict]:
+  """One family: the paired differences of `metric` against the baseline (or reference
+  stage) and the study's further contrasts, in every split, with Holm-adjusted verdicts."""
+  by, base = list(spec["by"]), spec.get("reference") or spec.get("baseline")
+  pairs = [(name, base) for name in order if base and name != base]
+  pairs += [tuple(c) for c in spec.get("contrasts") or ()]
+  diffs = []
+  for split in splits:
+    for a, b in pairs:
+      a_choice = chosen.get((*split, a))
+      if b == base:
+        b_rows, b_choice = _baseline_rows(chosen, split, spec, reference), chosen.get((*split, b))
+      else:
+        b_choice = chosen.get((*split, b))
+        b_rows = b_choice and b_choice["rows"]
+      if not a_choice or not b_rows:
+        continue
+      d = paired(a_choice["rows"], b_rows, metric)
+      edges = [n for n, c in ((a, a_choice), (b, b_choice)) if (c or {}).get("edge")]
+      diffs.append(d | {"split": dict(zip(by, split)), "a": a, "b": b, "edge_arms": edges,
+                        "metric": metric})
+  family_verdicts(diffs, [(d["a"], d["b"]) for d in diffs], margin=spec.get("margin"))
+  return diffs
+
+
+def _differences_table(diffs: list[dict], spec: dict, metric: str) -> list[str]:
+  by, margin = list(spec["by"]), spec.get("margin")
+  base = spec.get("reference") or spec.get("baseline")
+  head = [*by, "difference", "seeds", "mean [95% CI], points", "p", "Holm p"]
+  head += ["TOST Holm p"] if margin else []
+  lines = [_row(head + ["verdict"]), "|" + "---|" * (len(head) + 1)]
+  for d in diffs:
+    lines.append(_row([*map(str, d["split"].values()), f"{d['a']} − {d['b']}",
+                       str(len(d["seeds"])), signed_ci(d["mean"], d["lo"], d["hi"]), _p(d["p"]),
+                       _p(d["p_holm"])] + ([_p(d["tost_p_holm"])] if margin else [])
+                      + [verdict_text(d)]))
+  against = (f"against `{base}`" + (" (the reference stage)" if spec.get("reference") else "")
+             if base else "")
+  if spec.get("contrasts"):
+    against += (" and " if against else "") + ", ".join(
+        f"`{a}` − `{b}`" for a, b in spec["contrasts"])
+  what = "test accuracy" if metric == METRIC else f"`{metric}`"
+  return [f"Paired differences {against} on the same seeds (the same data draw); {what}, "
+          f"percentage points. The {len(diffs)} differences are one family: verdicts use "
+          "Holm-adjusted p-values (paired t-tests)" + (
+              f", and 'indistinguishable' a Holm-adjusted TOST against ±{100 * margin:.1f} "
+              "points" if margin else "") + ":", "", *lines]
 
 
 def verdict_text(d: dict) -> str:
@@ -156,7 +180,8 @@ def results_md(study: dict, spec: dict, rows: list[dict], table: str, diffs: lis
                "choice are shown. ") if spec.get("select") else ""
   if spec.get("select") and spec.get("tune_seeds"):
     chosen_on += (f"The choice is made on seeds {', '.join(map(str, spec['tune_seeds']))}"
-                  + (f" (stage `{spec['tune_stage']}`)" if spec.get("tune_stage") else "")
+                  + (" (stage " + ", ".join(f"`{t}`" for t in tune_stages(spec.get("tune_stage")))
+                     + ")" if spec.get("tune_stage") else "")
                   + ", which are not among the seeds reported. ")
   lines += ["Test accuracy in percent over seeds: mean ± half-width of the 95% Student-t "
             f"interval [low, high]. {chosen_on}"
@@ -165,6 +190,7 @@ def results_md(study: dict, spec: dict, rows: list[dict], table: str, diffs: lis
             "choice at the edge of its grid is marked, and so is a verdict that rests on one.",
             "", table, ""]
   verdicts = [f"- {d['a']} − {d['b']}" + (f" at {_split_words(d['split'])}" if d["split"] else "")
+              + (f" ({d['metric']})" if d.get("metric", METRIC) != METRIC else "")
               + f": {verdict_text(d)} ({signed_ci(d['mean'], d['lo'], d['hi'])} points, "
               f"Holm p {_p(d['p_holm'])})"
               for d in diffs]
@@ -172,7 +198,8 @@ def results_md(study: dict, spec: dict, rows: list[dict], table: str, diffs: lis
     lines += ["## What the intervals allow", ""] + verdicts + [""]
   lines += [f"![{name[:-4]}]({name})" for name in pngs] + [""]
   lines += list(diagnostics)
-  for stage in sorted({r["stage"] for r in rows} - {spec["stage"], spec.get("tune_stage")}):
+  for stage in sorted({r["stage"] for r in rows} - {spec["stage"],
+                                                    *tune_stages(spec.get("tune_stage"))}):
     rs = [r for r in rows if r["stage"] == stage]
     m, lo, hi = mean_ci([r[METRIC] for r in rs])
     lines += [f"Stage `{stage}`: {len(rs)} cell(s), test accuracy {ci(m, lo, hi)} %.", ""]

@@ -78,20 +78,28 @@ def _per_value(ax, rows: list[dict], spec: dict, chosen: dict, order: list) -> N
   ax.set_xticks(range(len(order)), order, rotation=20, ha="right")
 
 
+def _verdict_colour(d: dict) -> str:
+  """Green where a beats b after the family's Holm adjustment, red where b beats a, else grey."""
+  if d.get("p_holm") is None or d["p_holm"] >= 0.05:
+    return "C7"
+  return "C2" if d["mean"] > 0 else "C3"
+
+
 def _differences(plt, diffs: list[dict], path: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 0.45 * len(diffs) + 1.2))
   for i, d in enumerate(diffs):
     err = None if d["lo"] is None else [[100 * (d["mean"] - d["lo"])],
                                         [100 * (d["hi"] - d["mean"])]]
     ax.errorbar([100 * d["mean"]], [i], xerr=err, fmt="o", capsize=4,
-                color="C2" if d["lo"] is not None and d["lo"] > 0 else
-                "C3" if d["hi"] is not None and d["hi"] < 0 else "C7")
+                color=_verdict_colour(d))
   ax.axvline(0, color="k", lw=0.8)
   ax.set_yticks(range(len(diffs)), [f"{d['a']} − {d['b']}" + (
       f" ({', '.join(f'{k}={v}' for k, v in d['split'].items())})" if d["split"] else "")
+      + (f" [{d['metric']}]" if d.get("metric", "test_accuracy") != "test_accuracy" else "")
       for d in diffs], fontsize=8)
   ax.invert_yaxis()
-  ax.set_xlabel("paired difference in test accuracy, points (95% CI)")
+  ax.set_xlabel("paired difference in test accuracy (or the result in brackets), points "
+                "(95% CI, unadjusted; colour: Holm-adjusted verdict)")
   ax.grid(alpha=0.3, axis="x")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
