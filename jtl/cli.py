@@ -153,6 +153,12 @@ def _config_command(sub, name: str, summary: str, description: str, mode: str | 
   return p
 
 
+def _positive_int(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+  return int(text)
+
+
 def sweep_arguments(p: argparse.ArgumentParser, study_file: bool = True) -> None:
   """`jtl sweep`'s arguments; a study file run as a script takes them without STUDY.py."""
   if study_file:
@@ -163,6 +169,9 @@ def sweep_arguments(p: argparse.ArgumentParser, study_file: bool = True) -> None
   p.add_argument("--print_commands", action="store_true",
                  help="print one ./launch.sh line per unfinished cell and exit")
   p.add_argument("--no_report", action="store_true", help="do not write RESULTS.md")
+  p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                 help="run up to N cells of a stage side by side, each in its own worker "
+                 "process (default 1; results are those of the serial run)")
   p.add_argument("--diagnose", action="store_true",
                  help="per transfer cell: weight drift and CKA per stage and a feature "
                  "picture, written to its workdir and shown by the report")
@@ -337,7 +346,8 @@ def run_sweep(args: argparse.Namespace, study=None) -> int:
   try:
     study = study or sweep.load_study(args.study)
     root = args.workdir or os.path.join("runs", study.name)
-    sweep.run(study, root, print_commands=args.print_commands, diagnose=args.diagnose)
+    sweep.run(study, root, print_commands=args.print_commands, diagnose=args.diagnose,
+              jobs=args.jobs)
   except (ValueError, FileNotFoundError) as e:
     if os.environ.get("JTL_TRACEBACK") or verbose:
       raise

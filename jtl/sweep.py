@@ -408,8 +408,10 @@ def provenance(argv: Sequence[str]) -> dict:
 
 
 def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool = False,
-        log=print) -> list[dict]:
+        jobs: int = 1, log=print) -> list[dict]:
   """Runs every unfinished cell of `study` under `root`; returns results.jsonl's rows.
+  `jobs`: cells of a stage run side by side in that many worker processes (a small cell
+  cannot fill a machine's cores), with the results of the serial run.
   `diagnose`: also write each report-stage cell's drift, CKA and feature picture
   (jtl/diagnose/after.py), for cells finished earlier too."""
   checked = validate(study, root)
@@ -438,42 +440,77 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
   log(f"jtl sweep {study.name}: {len(checked)} cells, {len(checked) - len(todo)} finished, "
       f"{len(todo)} to run, in {root}" + (f" (budget: {study.budget})" if study.budget else ""))
   t0, ran, i = time.time(), 0, 0
-  for stage in study.stages:
-    # Made again stage by stage: a Tuned field is chosen once its tuning stage has run.
-    for cell in (c for c in cells(study, root) if c.stage == stage.name):
-      i += 1
-      if cell.pending:
-        raise RuntimeError(f"sweep cell {cell.stage}/{cell.name} still waits for its tuning "
-                           "stage after that stage ran; is a tuning cell's summary missing?")
-      if not cell.finished:
-        eta = (f", ~{(time.time() - t0) / ran * (len(todo) - ran) / 60:.0f} min left" if ran
-               else "")
-        log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
-        try:
-          train.train_and_evaluate(checked_config(cell), cell.workdir)
-        except FloatingPointError as e:   # A diverged setting is a result: never chosen.
-          log(f"  {cell.stage}/{cell.name} diverged: {first_line(e)}")
-          os.makedirs(cell.workdir, exist_ok=True)
-          with open(os.path.join(cell.workdir, SUMMARY), "w") as f:
-            json.dump({"diverged": first_line(e)}, f)
-        finally:
-          # Each cell compiles its own steps; kept, they hold ~770 memory maps a cell on CPU,
-          # and a long sweep met the kernel's limit (65530) at its ~130th cell. The disk
-          # cache makes the next cell's compile a lookup.
-          jax.clear_caches()
-        ran += 1
-      if (cell.stage, cell.name) not in recorded:
-        with open(os.path.join(cell.workdir, SUMMARY)) as f:
-          append_result(root, result_row(cell, json.load(f)))
-        recorded.add((cell.stage, cell.name))
-      if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, DIAGNOSTICS):
-        from jtl.diagnose import after
-        log(f"diagnostics of {cell.stage}/{cell.name}")
-        try:
-          after.diagnose_run(cell.workdir)
-        except (ValueError, OSError) as e:   # The cell's result stands; say why its picture does not.
-          log(f"  no diagnostics for {cell.stage}/{cell.name}: {first_line(e)}")
+  pool = _pool(jobs) if jobs > 1 else None
+  try:
+    for stage in study.stages:
+      # Made again stage by stage: a Tuned field is chosen once its tuning stage has run.
+      stage_cells = [c for c in cells(study, root) if c.stage == stage.name]
+      waiting = [c for c in stage_cells if c.pending]
+      if waiting:
+        raise RuntimeError(f"sweep cell {waiting[0].stage}/{waiting[0].name} still waits for "
+                           "its tuning stage after that stage ran; is a tuning cell's summary "
+                           "missing?")
+      unfinished = [c for c in stage_cells if not c.finished]
+      # A stage's cells are independent of each other (a template or Tuned field names
+      # earlier stages only), so up to `jobs` of them run at once; rows are appended in the
+      # cells' own order, so results.jsonl reads as a serial run's.
+      done = pool.imap(_run_cell, unfinished) if pool else map(_run_cell, unfinished)
+      for cell in stage_cells:
+        i += 1
+        if not cell.finished:
+          eta = (f", ~{(time.time() - t0) / ran * (len(todo) - ran) / 60:.0f} min left" if ran
+                 else "")
+          log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
+          diverged = next(done)
+          if diverged:   # A diverged setting is a result: never chosen.
+            log(f"  {cell.stage}/{cell.name} diverged: {diverged}")
+          ran += 1
+        if (cell.stage, cell.name) not in recorded:
+          with open(os.path.join(cell.workdir, SUMMARY)) as f:
+            append_result(root, result_row(cell, json.load(f)))
+          recorded.add((cell.stage, cell.name))
+        if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, DIAGNOSTICS):
+          from jtl.diagnose import after
+          log(f"diagnostics of {cell.stage}/{cell.name}")
+          try:
+            after.diagnose_run(cell.workdir)
+          except (ValueError, OSError) as e:   # The result stands; say why its picture does not.
+            log(f"  no diagnostics for {cell.stage}/{cell.name}: {first_line(e)}")
+  finally:
+    if pool:
+      pool.terminate()
   return read_results(root)
+
+
+def _run_cell(cell: Cell) -> str | None:
+  """Trains one cell (in this process or a pool's worker); its error message if it diverged."""
+  import jax
+  from jtl import train
+  try:
+    train.train_and_evaluate(checked_config(cell), cell.workdir)
+  except FloatingPointError as e:
+    os.makedirs(cell.workdir, exist_ok=True)
+    with open(os.path.join(cell.workdir, SUMMARY), "w") as f:
+      json.dump({"diverged": first_line(e)}, f)
+    return first_line(e)
+  finally:
+    # Each cell compiles its own steps; kept, they hold ~770 memory maps a cell on CPU,
+    # and a long sweep met the kernel's limit (65530) at its ~130th cell. The disk
+    # cache makes the next cell's compile a lookup.
+    jax.clear_caches()
+  return None
+
+
+def _pool(jobs: int):
+  """`jobs` worker processes, started fresh (spawn: JAX's threads do not survive a fork), each
+  importing jtl once and training the cells it is given one after another."""
+  import multiprocessing
+  return multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init)
+
+
+def _worker_init() -> None:
+  from jtl import runtime
+  runtime.enable_compilation_cache()
 
 
 def _stale(workdir: str, name: str) -> bool:

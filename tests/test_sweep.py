@@ -302,3 +302,13 @@ def test_a_report_tuned_in_two_stages_with_contrasts_and_an_extra_metric_makes_t
   assert "`lp` − `ft`" in families[0] and "`test_accuracy@ood`" in families[1]
   assert "- lp − ft: lp beats ft" in text
   assert "- lp − sc (test_accuracy@ood): no difference detected" in text
+
+
+@pytest.mark.slow
+def test_cells_run_side_by_side_give_the_serial_runs_rows_in_the_same_order(tmp_path):
+  study = sweep.load_study(write_study(tmp_path))
+  serial = sweep.run(study, str(tmp_path / "serial"), log=lambda *_: None)
+  both = sweep.run(study, str(tmp_path / "jobs2"), jobs=2, log=lambda *_: None)
+  keys = ("cell", "val_accuracy", "test_accuracy", "test_loss")
+  assert [tuple(r[k] for k in keys) for r in both] == [tuple(r[k] for k in keys) for r in serial]
+  assert len(both) == 4
