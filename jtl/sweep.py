@@ -431,8 +431,7 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
       print(f"# all {len(checked)} cells of study {study.name} are finished in {root}; "
             "nothing to run.")
     return read_results(root)
-  import jax
-  from jtl import runtime, train
+  from jtl import runtime
   os.makedirs(root, exist_ok=True)
   runtime.enable_compilation_cache()
   _write_study_json(study, root, sys.argv)
