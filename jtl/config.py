@@ -56,7 +56,11 @@ def check(c) -> None:
   Traceback (most recent call last):
   ValueError: config field optim.lr=-0.1 must be > 0.
   """
-  positive = {"optim.lr": c.optim.lr, "total_steps": c.total_steps,
+  # total_steps=0 evaluates config.init as it is (with adapt.adabn: AdaBN with no training).
+  if c.total_steps == 0 and not c.init:
+    raise ValueError("config field total_steps=0 evaluates a checkpoint without training, and "
+                     "config.init names none; set init or total_steps > 0.")
+  positive = {"optim.lr": c.optim.lr, "total_steps": c.total_steps or 1,
               "data.batch_size": c.data.batch_size, "data.eval_batch_size": c.data.eval_batch_size,
               "data.image_size": c.data.image_size, "checkpoint_every": c.checkpoint_every,
               "log_every": c.log_every, "optim.accum_steps": c.optim.accum_steps}

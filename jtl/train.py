@@ -487,6 +487,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpoint.save(mgr, state, train_iter, force=True)
       if preemption.requested:
         raise preemption.stop(step, workdir)
+    if config.total_steps == 0:   # An evaluation of config.init: validated once, untrained.
+      validation.run(eval_step_fn, state, config, put, writer, 0)
     train_time = time.time() - t0
 
     # ---- Final evaluation -------------------------------------------------------

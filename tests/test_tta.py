@@ -243,3 +243,30 @@ def test_jtl_adapt_recomputes_statistics_from_a_checkpoint_and_writes_a_workdir(
   assert meta["adabn"]["target"] == "digits+shift:invert:1"
   with pytest.raises(SystemExit):   # A second run never writes over the first.
     cli.main(["adapt", source_run, "--target", "digits", "--classes", "0-4", "--workdir", out])
+
+
+@pytest.mark.slow
+def test_a_zero_step_run_is_source_only_or_adabn_as_jtl_adapt_measures_them(
+    source_run, tmp_path):
+  """total_steps=0 evaluates config.init untrained: the sweep cells of a study's source-only
+  and AdaBN arms, which must equal what `jtl adapt` reports before and after AdaBN."""
+  target = "digits+shift:invert:1"
+  assert cli.main(["adapt", source_run, "--target", target, "--classes", "0-4",
+                   "--workdir", str(tmp_path / "adapt"), "--batch_size", "64"]) == 0
+  adapted = json.load(open(tmp_path / "adapt" / "summary.json"))
+  runs = {}
+  for adabn_on in (False, True):
+    config = tiny_config(**{"init": source_run, "dont_load": (), "total_steps": 0,
+                            "data.val_per_class": 3, "adapt.target": target,
+                            "adapt.adabn": adabn_on})
+    runs[adabn_on] = train.train_and_evaluate(config, str(tmp_path / f"adabn={adabn_on}"))
+  assert runs[False]["test_accuracy"] == pytest.approx(adapted["test_accuracy_before_adabn"])
+  assert runs[True]["test_accuracy"] == pytest.approx(adapted["test_accuracy"], abs=1e-3)
+  assert runs[True]["test_accuracy"] != runs[False]["test_accuracy"]
+  assert runs[False]["steps"] == 0 and "val_accuracy" in runs[False]
+
+
+def test_zero_steps_needs_a_checkpoint_to_evaluate():
+  from jtl import config as config_lib
+  with pytest.raises(ValueError, match="total_steps=0 evaluates a checkpoint"):
+    config_lib.check(tiny_config(total_steps=0))
