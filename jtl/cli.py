@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from jtl.config import first_line
@@ -169,6 +170,14 @@ def sweep_arguments(p: argparse.ArgumentParser, study_file: bool = True) -> None
   p.add_argument("--print_commands", action="store_true",
                  help="print one ./launch.sh line per unfinished cell and exit")
   p.add_argument("--no_report", action="store_true", help="do not write RESULTS.md")
+  p.add_argument("--slurm", action="store_true",
+                 help="submit the next stage's unfinished cells as one SLURM job array (one "
+                 "cell per task, in the shared workdir); call again to collect their results "
+                 "and submit the next stage (jtl/slurm.py)")
+  p.add_argument("--sbatch", default="", metavar="OPTIONS",
+                 help='with --slurm: options for sbatch, e.g. --sbatch="-p cpu -t 60"')
+  p.add_argument("--resubmit", action="store_true",
+                 help="with --slurm: submit cells again that an earlier array holds")
   p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                  help="run up to N cells of a stage side by side, each in its own worker "
                  "process (default 1; results are those of the serial run)")
@@ -346,9 +355,15 @@ def run_sweep(args: argparse.Namespace, study=None) -> int:
   try:
     study = study or sweep.load_study(args.study)
     root = args.workdir or os.path.join("runs", study.name)
-    sweep.run(study, root, print_commands=args.print_commands, diagnose=args.diagnose,
-              jobs=args.jobs)
-  except (ValueError, FileNotFoundError) as e:
+    if args.slurm:
+      from jtl import slurm
+      slurm.submit(study, root, shlex.split(args.sbatch), resubmit=args.resubmit)
+      if not all(c.finished for c in sweep.cells(study, root)):
+        return 0   # The report waits for the last array.
+    else:
+      sweep.run(study, root, print_commands=args.print_commands, diagnose=args.diagnose,
+                jobs=args.jobs)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
     if os.environ.get("JTL_TRACEBACK") or verbose:
       raise
     print(f"jtl: error: {first_line(e)}", file=sys.stderr)

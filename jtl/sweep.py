@@ -434,7 +434,7 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
   from jtl import runtime
   os.makedirs(root, exist_ok=True)
   runtime.enable_compilation_cache()
-  _write_study_json(study, root, sys.argv)
+  write_study_json(study, root, sys.argv)
   recorded = {(r["stage"], r["cell"]) for r in read_results(root)}
   log(f"jtl sweep {study.name}: {len(checked)} cells, {len(checked) - len(todo)} finished, "
       f"{len(todo)} to run, in {root}" + (f" (budget: {study.budget})" if study.budget else ""))
@@ -519,7 +519,7 @@ def _stale(workdir: str, name: str) -> bool:
       os.path.join(workdir, SUMMARY))
 
 
-def _write_study_json(study: Study, root: str, argv: Sequence[str]) -> None:
+def write_study_json(study: Study, root: str, argv: Sequence[str]) -> None:
   path = os.path.join(root, STUDY_JSON)
   previous = {}
   if os.path.exists(path):

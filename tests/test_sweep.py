@@ -180,7 +180,7 @@ def test_a_tuning_stage_shares_no_seed_with_the_reported_one(tmp_path):
 
 def test_the_report_of_a_tuned_stage_shows_candidates_and_reports_only_other_seeds(tmp_path):
   study, root = tuned_study(), str(tmp_path)
-  sweep._write_study_json(study, root, ["test"])
+  sweep.write_study_json(study, root, ["test"])
   finish(root, [c for c in sweep.cells(study, root) if c.stage == "tune"])
   finish(root, [c for c in sweep.cells(study, root) if c.stage == "target"])
   text = report.write_report(root)
@@ -279,7 +279,7 @@ def test_a_report_tuned_in_two_stages_with_contrasts_and_an_extra_metric_makes_t
   # every arm, so sc's target cells are written by hand below at the tune_sc choice.)
   val = {**VAL, ("sc", 0.01): 0.9, ("sc", 0.1): 0.5, ("sc", 1.0): 0.3}
   root = str(tmp_path)
-  sweep._write_study_json(study, root, ["test"])
+  sweep.write_study_json(study, root, ["test"])
   finish(root, [c for c in sweep.cells(dataclasses.replace(study, stages=study.stages[:2]),
                                          root)], val=lambda c: val[c.labels["strategy"],
                                                                   c.labels["lr"]])
@@ -312,3 +312,51 @@ def test_cells_run_side_by_side_give_the_serial_runs_rows_in_the_same_order(tmp_
   keys = ("cell", "val_accuracy", "test_accuracy", "test_loss")
   assert [tuple(r[k] for k in keys) for r in both] == [tuple(r[k] for k in keys) for r in serial]
   assert len(both) == 4
+
+
+STAND_IN_SBATCH = """#!/bin/bash
+# A stand-in for SLURM's sbatch: runs the array's tasks here, one after another.
+for script; do :; done
+last=$(sed -n 's/^#SBATCH --array=0-//p' "$script")
+for i in $(seq 0 "$last"); do
+  SLURM_ARRAY_TASK_ID=$i bash "$script" > "$(dirname "$script")/task_$i.out" 2>&1 || exit 1
+done
+echo "$@" >> "$(dirname "$script")/sbatch_args"
+echo "Submitted batch job 4242"
+"""
+
+
+@pytest.mark.slow
+def test_slurm_submits_a_stage_as_a_job_array_and_a_rerun_collects_it(tmp_path, monkeypatch):
+  from jtl import cli
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text(STAND_IN_SBATCH)
+  (bin_dir / "sbatch").chmod(0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+  study = tmp_path / "two_stages.py"
+  study.write_text(textwrap.dedent(f'''
+      from jtl import sweep
+      STUDY = sweep.Study(name="two", stages=(
+          sweep.Stage("a", {TINY!r}, fixed={TINY_FIELDS!r}, grid=sweep.product(
+              sweep.axis("strategy.name", ["full_finetune"]), sweep.seeds(2))),
+          sweep.Stage("b", {TINY!r}, grid=sweep.seeds([5]),
+                      fixed={{**{TINY_FIELDS!r}, "strategy.name": "linear_probe",
+                              "init": "{{root}}/a/strategy=full_finetune,seed=0"}})),
+          report=sweep.Report(stage="a", compare="strategy"))
+  '''))
+  root = tmp_path / "out"
+  args = ["sweep", str(study), f"--workdir={root}", "--slurm", "--sbatch=-p cpu -t 5"]
+  assert cli.main(args) == 0   # Stage a: an array of two tasks, run by the stand-in.
+  assert (root / "slurm" / "a.cmds").read_text().count("launch.sh") == 2
+  assert "-p cpu -t 5" in (root / "slurm" / "sbatch_args").read_text()
+  assert not (root / sweep.RESULTS).exists()   # Tasks never write results.jsonl.
+  assert cli.main(args) == 0   # Collects a's two rows, submits b.
+  rows = [json.loads(l) for l in (root / sweep.RESULTS).read_text().splitlines()]
+  assert [r["cell"] for r in rows] == ["strategy=full_finetune,seed=0",
+                                       "strategy=full_finetune,seed=1"]
+  assert (root / "slurm" / "b.cmds").exists()
+  assert cli.main(args) == 0   # Collects b; everything finished: the report is written.
+  rows = [json.loads(l) for l in (root / sweep.RESULTS).read_text().splitlines()]
+  assert [r["stage"] for r in rows] == ["a", "a", "b"]
+  assert (root / "RESULTS.md").exists()
