@@ -246,6 +246,10 @@ def target_splits(config, num_classes: int) -> dict:
     raise ValueError(f"config field adapt.target={config.adapt.target!r} has "
                      f"{splits['test'].num_classes} classes but data.name={config.data.name!r} has "
                      f"{num_classes}; the target must share the labeled data's classes.")
+  pool, train = config.adapt.get("target_pool", 0), splits["train"]
+  if pool and pool < len(train):   # A random draw that never looks at a label.
+    keep = np.sort(np.random.default_rng([config.seed, 2]).permutation(len(train))[:pool])
+    splits["train"] = data.Subset(train.parent, train.indices[keep], train.label_map)
   return splits
 
 

@@ -101,9 +101,10 @@ def check(c) -> None:
       raise ValueError(f"config field adapt.method={c.adapt.method!r} adapts a trained model with "
                        "its own classifier: set config.init to its checkpoint and "
                        "--config.dont_load='()' (the head is loaded, not re-initialized).")
-  if c.adapt.weight < 0 or c.adapt.target_batch_size < 0 or c.adapt.target_val_per_class < 0:
-    raise ValueError("config fields adapt.weight, adapt.target_batch_size and "
-                     "adapt.target_val_per_class must be >= 0.")
+  if min(c.adapt.weight, c.adapt.target_batch_size, c.adapt.target_val_per_class,
+         c.adapt.target_pool) < 0:
+    raise ValueError("config fields adapt.weight, adapt.target_batch_size, "
+                     "adapt.target_val_per_class and adapt.target_pool must be >= 0.")
   if c.model.dtype not in DTYPES:
     raise ValueError(f"config field model.dtype={c.model.dtype!r}; expected one of "
                      f"{', '.join(DTYPES)}.")
@@ -227,6 +228,9 @@ def base_config() -> ml_collections.ConfigDict:
       weight=1.0,            # The term's coefficient.
       target_batch_size=0,   # Unlabeled images per step (0: data.batch_size).
       target_val_per_class=0,   # Labeled target images per class carved off for validation.
+      # Unlabeled target train images in the pool (0: all): what AdaBN's statistics and the
+      # label-free scores pass over, and what a method draws its target batches from.
+      target_pool=0,
       hidden=256,            # dann / cdan: width of the domain head's two hidden layers.
       gamma=10.0,            # dann / cdan: steepness of the reversal weight's rise.
       mmd_bandwidths=(0.25, 0.5, 1.0, 2.0, 4.0)))   # mmd: kernel widths x mean sq. distance.

@@ -270,3 +270,15 @@ def test_zero_steps_needs_a_checkpoint_to_evaluate():
   from jtl import config as config_lib
   with pytest.raises(ValueError, match="total_steps=0 evaluates a checkpoint"):
     config_lib.check(tiny_config(total_steps=0))
+
+
+def test_a_capped_target_pool_is_a_fixed_random_part_of_the_unlabeled_images():
+  config = tiny_config(**{"adapt.target": "digits+shift:invert:1", "adapt.target_pool": 40})
+  full = tiny_config(**{"adapt.target": "digits+shift:invert:1"})
+  n = len(config.data.classes)
+  pool, everything = adapt.target_splits(config, n)["train"], adapt.target_splits(full, n)["train"]
+  assert len(pool) == 40 < len(everything)
+  assert set(pool.indices) <= set(everything.indices)
+  assert list(pool.indices) == list(adapt.target_splits(config, n)["train"].indices)
+  config.seed = 1
+  assert list(pool.indices) != list(adapt.target_splits(config, n)["train"].indices)
