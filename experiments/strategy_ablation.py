@@ -6,8 +6,7 @@ whether LP-FT (Kumar et al. 2022) keeps its promise in and out of distribution.
 
 Fashion-MNIST classes 0-4 (source, trained once) -> classes 5-9 (target), at 5 and 50
 shots per class, 100 steps each (batch 25 and 50). Arms: scratch, linear_probe,
-partial:2, full_finetune, l2_sp (full fine-tuning plus the L2-SP penalty toward the
-source weights, reg.l2_sp = 0.01), and LP-FT with two BatchNorm choices across the switch:
+partial:2, full_finetune, and LP-FT with two BatchNorm choices across the switch:
 `lp_ft` (BatchNorm follows the target batches once everything trains) and
 `lp_ft_frozen_bn` (the source's statistics are kept throughout).
 
@@ -23,14 +22,16 @@ target's test split under Gaussian noise and blur at severity 3 (data.extra_test
 those is a family of its own. The source is trained once: its training noise is not inside
 the intervals (experiments/seed_transfer.py trains one per seed).
 
-Dropped from the earlier, untuned version to pay for the tuning: 1, 10 and 500 shots.
+Dropped from the earlier, untuned version to pay for the tuning: 1, 10 and 500 shots, and
+the l2_sp arm (its earlier "indistinguishable from fine-tuning" was never tested for
+equivalence; it is not claimed).
 """
 
 import sys
 
 from jtl import cli, sweep
 
-SEEDS = tuple(range(5))      # Reported.
+SEEDS = tuple(range(4))      # Reported.
 TUNE_SEEDS = (100, 101)      # Choose each lr; never reported.
 SOURCE = "{root}/source/run"
 OOD = ("fashion_mnist+shift:gaussian_noise:3", "fashion_mnist+shift:blur:3")
@@ -46,8 +47,6 @@ ARMS = {
     "partial:2": ({"strategy.name": "partial:2", "init": SOURCE}, (0.03, 0.1, 0.3)),
     "full_finetune": ({"strategy.name": "full_finetune", "init": SOURCE},
                       (0.003, 0.01, 0.03, 0.1)),
-    "l2_sp": ({"strategy.name": "full_finetune", "reg.l2_sp": 0.01, "init": SOURCE},
-              (0.003, 0.01, 0.03)),
 }
 # LP-FT: optim.lr = 1, so that the phases' multipliers are their lrs: the probe phase's is
 # linear_probe's choice; the fine-tuning phase's is this arm's own axis `lr`.
