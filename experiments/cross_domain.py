@@ -25,12 +25,13 @@ SEEDS = tuple(range(5))      # Reported.
 TUNE_SEEDS = (100, 101)      # Choose each lr; never reported.
 SOURCE = "{root}/source/run"
 ARMS = {
-    "scratch": ({"strategy.name": "scratch", "init": ""}, (0.003, 0.01, 0.03, 0.1)),
+    "scratch": ({"strategy.name": "scratch", "init": ""}, (0.003, 0.01, 0.03, 0.1, 0.3)),
     "linear_probe": ({"strategy.name": "linear_probe", "init": SOURCE}, (0.3, 1.0, 3.0, 10.0)),
     "partial:2": ({"strategy.name": "partial:2", "init": SOURCE}, (0.01, 0.03, 0.1, 0.3)),
     "full_finetune": ({"strategy.name": "full_finetune", "init": SOURCE},
-                      (0.003, 0.01, 0.03, 0.1)),
+                      (0.003, 0.01, 0.03, 0.1, 0.3)),
 }
+# A first run chose scratch's and full_finetune's top lr (0.1): their grids go on to 0.3.
 SHOTS = sweep.zipit(sweep.axis("data.shots", (5,)), sweep.axis("data.batch_size", (25,),
                                                                name="batch"))
 TARGET = "configs/transfer.py:dataset=digits,classes=all,val=20,steps=100"

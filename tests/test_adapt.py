@@ -86,6 +86,7 @@ def _domain_loss(apply_fn, params, batch_stats, head, images, num_labeled):
   return optax.sigmoid_binary_cross_entropy(logits, is_source).mean()
 
 
+@pytest.mark.slow   # The fast tier's slowest test (30 DANN steps); it keeps test_every_method_adds_its_term_and_trains.
 def test_dann_steps_teach_the_head_and_confuse_it_through_the_features():
   state, _ = dann_state()
   batch = shifted_batch()

@@ -127,6 +127,7 @@ def test_unknown_or_malformed_presets_fail_naming_them(name, message):
     strategy.resolve(config_for(name).strategy, PARAMS, 6)
 
 
+@pytest.mark.slow   # Trains twice, among the fast tier's slowest; it keeps the penalty arithmetic tests.
 def test_l2_sp_pulls_toward_the_source_weights():
   source = jax.tree.map(np.array, {"params": PARAMS, "batch_stats": STATS})
   plain_cfg = config_for("full_finetune")
