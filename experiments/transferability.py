@@ -36,8 +36,12 @@ TUNE_SEEDS = (100, 101)      # Choose each lr; never reported.
 CUTS = ("stage2", "stage3", "stage4")
 ORDER = ("stem", "stage1", *CUTS, "head")
 SOURCE = "{root}/source/run"
-FROZEN_LRS = {"stage2": (0.03, 0.1, 0.3), "stage3": (0.1, 0.3, 1.0), "stage4": (1.0, 3.0, 10.0)}
-TUNED_LRS = (0.003, 0.01, 0.03, 0.1)   # AnB+ and BnB+: everything trains.
+# Earlier passes chose the bottom of stage2's and stage3's grids (BnB; AnB at stage3, twice)
+# and the top of stage4's (AnB), and BnB+ the bottom at stage4: each went further.
+FROZEN_LRS = {"stage2": (0.01, 0.03, 0.1, 0.3), "stage3": (0.01, 0.03, 0.1, 0.3, 1.0),
+              "stage4": (1.0, 3.0, 10.0, 30.0)}
+TUNED_LRS = {"stage2": (0.003, 0.01, 0.03, 0.1), "stage3": (0.003, 0.01, 0.03, 0.1),
+             "stage4": (0.001, 0.003, 0.01, 0.03, 0.1)}   # AnB+ and BnB+: everything trains.
 BASE_LRS = (0.003, 0.01, 0.03, 0.1)
 
 
@@ -64,7 +68,7 @@ def seeds(values):
 
 
 def lrs(cut: str, kind: str):
-  return sweep.axis("optim.lr", TUNED_LRS if kind.endswith("+") else FROZEN_LRS[cut])
+  return sweep.axis("optim.lr", (TUNED_LRS if kind.endswith("+") else FROZEN_LRS)[cut])
 
 
 STUDY = sweep.Study(
