@@ -58,7 +58,7 @@ TRAINED = {
                 ("optim.lr", (0.0003, 0.003, 0.03))),
     "dann": ({"adapt.method": "dann"}, ("adapt.weight", (0.1, 0.3, 1.0))),
     "coral": ({"adapt.method": "coral"}, ("adapt.weight", (10.0, 100.0, 1000.0))),
-    "mmd": ({"adapt.method": "mmd"}, ("adapt.weight", (1.0, 3.0, 10.0))),
+    "mmd": ({"adapt.method": "mmd"}, ("adapt.weight", (1.0, 3.0, 10.0, 30.0))),
     "few_label": ({"data.shots": CARVE, "data.val_per_class": CARVE, "adapt.method": "none"},
                   ("optim.lr", (0.001, 0.01, 0.1))),
 }
