@@ -1,6 +1,6 @@
 r"""Across domains: Fashion-MNIST (all 10 classes) -> scikit-learn's 8x8 digits, at few shots.
 
-  ./launch.sh experiments/cross_domain.py          # ~30 min on 2 CPU cores (see RESULTS.md)
+  ./launch.sh experiments/cross_domain.py          # 42 min wall beside other studies (see RESULTS.md)
   ./launch.sh report runs/cross_domain
 
 The source learns clothing; the target is handwritten digits, upsampled from 8x8 to
@@ -39,7 +39,7 @@ FIXED = {"progress": False, "eval_every": 0}
 
 STUDY = sweep.Study(
     name="cross_domain",
-    budget="~30 minutes on 2 CPU cores (AMD EPYC), alone on the machine",
+    budget="42 min of wall time on 2 CPU cores (AMD EPYC Zen 4) beside other studies, 33 min of it training; not timed alone",
     stages=(
         sweep.Stage("source", "configs/source.py:classes=all", fixed={"progress": False}),
         sweep.Stage("tune", TARGET, fixed=FIXED, grid=[

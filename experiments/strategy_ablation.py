@@ -1,7 +1,7 @@
 r"""How the gap to training from scratch changes with the amount of target data, and
 whether LP-FT (Kumar et al. 2022) keeps its promise in and out of distribution.
 
-  ./launch.sh experiments/strategy_ablation.py     # ~45 min on 2 CPU cores (see RESULTS.md)
+  ./launch.sh experiments/strategy_ablation.py     # 102 min wall beside other studies (see RESULTS.md)
   ./launch.sh report runs/strategy_ablation
 
 Fashion-MNIST classes 0-4 (source, trained once) -> classes 5-9 (target), at 5 and 50
@@ -73,7 +73,7 @@ def tuning(arms: dict, lrs_of) -> list:
 
 STUDY = sweep.Study(
     name="strategy_ablation",
-    budget="~45 minutes on 2 CPU cores (AMD EPYC), alone on the machine",
+    budget="102 min of wall time on 2 CPU cores (AMD EPYC Zen 4) beside other studies, 66 min of it training; not timed alone",
     stages=(
         sweep.Stage("source", "configs/source.py", fixed={"progress": False}),
         sweep.Stage("tune", TARGET, fixed=FIXED, grid=tuning(

@@ -1,6 +1,6 @@
 r"""Yosinski et al. 2014 (Figure 2) in miniature: how transferable is each depth?
 
-  ./launch.sh experiments/transferability.py       # ~40 min on 2 CPU cores (see RESULTS.md)
+  ./launch.sh experiments/transferability.py       # 81 min wall beside other studies (see RESULTS.md)
   ./launch.sh report runs/transferability
 
 A = a source model trained on Fashion-MNIST classes 0-4 (once); B = base models
@@ -73,7 +73,7 @@ def lrs(cut: str, kind: str):
 
 STUDY = sweep.Study(
     name="transferability",
-    budget="~40 minutes on 2 CPU cores (AMD EPYC), alone on the machine",
+    budget="81 min of wall time on 2 CPU cores (AMD EPYC Zen 4) beside other studies, 47 min of it training; not timed alone",
     stages=(
         sweep.Stage("source", "configs/source.py", fixed={"progress": False}),
         # B for the tuning seeds, over the base's lr grid; the base's lr is chosen here.
