@@ -454,9 +454,10 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
       # earlier stages only), so up to `jobs` of them run at once; rows are appended in the
       # cells' own order, so results.jsonl reads as a serial run's.
       done = pool.imap(_run_cell, unfinished) if pool else map(_run_cell, unfinished)
+      to_run = {c.name for c in unfinished}   # Not `cell.finished`: a worker may finish it first.
       for cell in stage_cells:
         i += 1
-        if not cell.finished:
+        if cell.name in to_run:
           eta = (f", ~{(time.time() - t0) / ran * (len(todo) - ran) / 60:.0f} min left" if ran
                  else "")
           log(f"[{i}/{len(checked)}] {cell.stage}/{cell.name}{eta}")
