@@ -26,7 +26,7 @@ import sys
 from typing import Sequence
 
 from jtl import sweep
-from jtl.results import SUMMARY, append_result, read_results, result_row
+from jtl.results import read_results
 
 SUBMITTED = "submitted.json"
 
@@ -48,13 +48,8 @@ def collect(study: sweep.Study, root: str) -> int:
   """Appends the rows of finished cells not yet in results.jsonl, in the cells' order;
   returns how many it added."""
   recorded = {(r["stage"], r["cell"]) for r in read_results(root)}
-  added = 0
-  for cell in sweep.cells(study, root):
-    if cell.finished and (cell.stage, cell.name) not in recorded:
-      with open(os.path.join(cell.workdir, SUMMARY)) as f:
-        append_result(root, result_row(cell, json.load(f)))
-      added += 1
-  return added
+  return sum(sweep.record(root, cell, recorded) for cell in sweep.cells(study, root)
+             if cell.finished)
 
 
 def submit(study: sweep.Study, root: str, sbatch_options: Sequence[str] = (),

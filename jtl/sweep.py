@@ -465,10 +465,7 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
           if diverged:   # A diverged setting is a result: never chosen.
             log(f"  {cell.stage}/{cell.name} diverged: {diverged}")
           ran += 1
-        if (cell.stage, cell.name) not in recorded:
-          with open(os.path.join(cell.workdir, SUMMARY)) as f:
-            append_result(root, result_row(cell, json.load(f)))
-          recorded.add((cell.stage, cell.name))
+        record(root, cell, recorded)
         if diagnose and cell.stage == study.report.stage and _stale(cell.workdir, DIAGNOSTICS):
           from jtl.diagnose import after
           log(f"diagnostics of {cell.stage}/{cell.name}")
@@ -480,6 +477,17 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
     if pool:
       pool.terminate()
   return read_results(root)
+
+
+def record(root: str, cell: Cell, recorded: set) -> bool:
+  """Appends finished `cell`'s row to results.jsonl unless `recorded` ((stage, cell) pairs
+  already there) holds it; whether it did."""
+  if (cell.stage, cell.name) in recorded:
+    return False
+  with open(os.path.join(cell.workdir, SUMMARY)) as f:
+    append_result(root, result_row(cell, json.load(f)))
+  recorded.add((cell.stage, cell.name))
+  return True
 
 
 def _run_cell(cell: Cell) -> str | None:
