@@ -9,7 +9,9 @@ keyed by the source, jax version and compiler command, so each machine builds
 it once (~4 s). Anything that goes wrong leaves `load()` returning () with
 a one-line notice on stderr; callers then use XLA's convolution.
 It is opt-in: JTL_ONEDNN=1 turns it on (one full test run out of four aborted inside
-a oneDNN call, not yet understood); without it `load()` returns () silently.
+a oneDNN call, on 2026-11-27; one way oneDNN crashes, creating a kernel with no memory
+map left, is now refused with an error, but that abort is not confirmed to be it, and
+tests/onednn_stress.py has not reproduced it); without it `load()` returns () silently.
 """
 
 import ctypes

@@ -9,11 +9,15 @@
 // left, right). Primitives are built once per shape and kept in a cache.
 // jtl/ops/conv.py compiles this file; see there for the command.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
+#include <iterator>
 #include <new>
 #include <map>
+#include <stdexcept>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -124,13 +128,39 @@ Plan MakePlan(Kind kind, const Shape& s) {
   return plan;
 }
 
+// Memory maps this process may still open (Linux's vm.max_map_count less those in
+// use), or a large number where /proc does not say.
+int64_t MapsLeft(int64_t* used, int64_t* limit) {
+  std::ifstream limit_file("/proc/sys/vm/max_map_count");
+  std::ifstream maps("/proc/self/maps");
+  if (!(limit_file >> *limit) || !maps) return INT64_MAX;
+  *used = std::count(std::istreambuf_iterator<char>(maps), std::istreambuf_iterator<char>(), '\n');
+  return *limit - *used;
+}
+
+// oneDNN (2.6 at least) does not fail cleanly when it generates a kernel and the
+// process has no memory map left: it crashes inside dnnl_primitive_create. A process
+// that keeps hundreds of compiled XLA programs gets there (each holds hundreds of
+// maps), so a new plan needs this many maps to spare, or it is an error for Python.
+constexpr int64_t kMapsToSpare = 512;
+
 const Plan& GetPlan(Kind kind, const Shape& s) {
   static std::mutex mutex;
   static auto* cache = new std::map<std::vector<int64_t>, std::unique_ptr<Plan>>;
   std::vector<int64_t> key = s.Key(kind);
   std::lock_guard<std::mutex> lock(mutex);
   auto& plan = (*cache)[key];
-  if (!plan) plan = std::make_unique<Plan>(MakePlan(kind, s));
+  if (!plan) {
+    int64_t used = 0, limit = 0;
+    if (MapsLeft(&used, &limit) < kMapsToSpare) {
+      cache->erase(key);
+      throw std::runtime_error(
+          "this process uses " + std::to_string(used) + " of its " + std::to_string(limit) +
+          " memory maps (vm.max_map_count), and oneDNN crashes creating a kernel without "
+          "spare ones; free compiled programs (jax.clear_caches()) or set JTL_ONEDNN=0");
+    }
+    plan = std::make_unique<Plan>(MakePlan(kind, s));
+  }
   return *plan;
 }
 
@@ -257,7 +287,7 @@ extern "C" int OnednnConvSupportsBfloat16() {
   try {
     for (Kind kind : {Kind::kForward, Kind::kBackwardData, Kind::kBackwardWeights})
       GetPlan(kind, s);
-  } catch (const dnnl::error&) {
+  } catch (const std::exception&) {  // no bfloat16 kernels, or no memory maps to spare
     return 0;
   }
   return 1;
