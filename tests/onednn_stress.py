@@ -8,7 +8,8 @@ the ops checks' shapes in turn (strides, lopsided padding, the stem, bfloat16 wh
 has it) and the trainer's jitted step, and compares them with XLA's convolution. Meanwhile two other
 Python threads keep XLA busy: one with XLA's own intra-op work (matmuls), one with oneDNN
 convolutions of another shape, so custom calls start from several threads at once; and
-every round a pmap over 4 simulated CPU devices runs a convolution on each at once. Every
+every round a convolution is dispatched to each of 4 simulated CPU devices before any is
+awaited, so their threads call oneDNN at once. Every
 25 rounds the compile caches are cleared, so compiles and first calls recur. A round that
 disagrees with XLA raises; an abort kills the process (tests/test_ops.py sees its code).
 """
@@ -80,9 +81,14 @@ def check_shape(round_):
                                  err_msg=f"round {round_}: {name} of {kernel}x{kernel}/{stride}")
 
 
-def busy(stop, work):
-  while not stop.is_set():
-    jax.block_until_ready(work())
+def busy(stop, work, done, errors):
+  """Runs `work` until `stop`; counts the calls in `done`, keeps what it raised in `errors`."""
+  try:
+    while not stop.is_set():
+      work()
+      done.append(1)
+  except Exception as e:   # noqa: BLE001 (re-raised in the main thread)
+    errors.append(e)
 
 
 def main(rounds: int) -> None:
@@ -99,15 +105,28 @@ def main(rounds: int) -> None:
   matmuls = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
   xb = jax.random.normal(jax.random.key(2), (8, 28, 28, 16))
   wb = jax.random.normal(jax.random.key(3), (3, 3, 16, 16)) / 12
-  other = jax.jit(jax.grad(lambda x, w: jnp.sin(ops.conv(x, w, (1, 1), "SAME")).sum(), (0, 1)))
-  xs = jax.random.normal(jax.random.key(4), (4, 2, 12, 12, 8))
-  ws = jax.random.normal(jax.random.key(5), (4, 3, 3, 8, 8)) / 9
-  per_device = jax.pmap(lambda x, w: ops.conv(x, w, (1, 1), "SAME"))
+  grad_sin = jax.jit(jax.grad(lambda x, w: jnp.sin(ops.conv(x, w, (1, 1), "SAME")).sum(),
+                              (0, 1)))
+  want_other = jax.grad(lambda x, w: jnp.sin(xla_conv(x, w, (1, 1), "SAME")).sum(), (0, 1))(xb, wb)
+
+  def other():
+    for got, want in zip(grad_sin(xb, wb), want_other):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg="the other thread")
+
+  # One convolution per device, dispatched to all 4 before any is awaited: each device's
+  # thread calls oneDNN at once (pmap would not: under its manual mesh jtl uses XLA's conv).
+  on_device = [jax.device_put((jax.random.normal(jax.random.key(10 + d), (2, 12, 12, 8)),
+                               jax.random.normal(jax.random.key(20 + d), (3, 3, 8, 8)) / 9),
+                              device) for d, device in enumerate(jax.devices())]
+  conv = jax.jit(lambda x, w: ops.conv(x, w, (1, 1), "SAME"))
+  assert "jtl_onednn_conv_forward" in conv.lower(*on_device[0]).as_text()
 
   step = jax.jit(train.train_step)
   stop = threading.Event()
-  threads = [threading.Thread(target=busy, args=(stop, lambda: matmuls(a)), daemon=True),
-             threading.Thread(target=busy, args=(stop, lambda: other(xb, wb)), daemon=True)]
+  done = ([], [])
+  errors = []
+  threads = [threading.Thread(target=busy, args=(stop, work, count, errors), daemon=True)
+             for work, count in zip((lambda: jax.block_until_ready(matmuls(a)), other), done)]
   for t in threads:
     t.start()
   start = time.time()
@@ -119,16 +138,23 @@ def main(rounds: int) -> None:
       check_shape(i)
       state, metrics = step(state, batch, jax.random.key(i))
       assert np.isfinite(metrics["loss"]), f"round {i}: loss {metrics['loss']}"
-      got = per_device(xs, ws)
-      want = jax.vmap(lambda x, w: xla_conv(x, w, (1, 1), "SAME"))(xs, ws)
-      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"round {i}: pmap")
+      outputs = [conv(x, w) for x, w in on_device]   # dispatched, not yet awaited
+      for (x, w), got in zip(on_device, outputs):
+        np.testing.assert_allclose(got, xla_conv(x, w, (1, 1), "SAME"), rtol=1e-4, atol=1e-4,
+                                   err_msg=f"round {i}: {got.device}")
+      if errors:
+        raise errors[0]
       if (i + 1) % 20 == 0:
         print(f"{i + 1}/{rounds} rounds, {time.time() - start:.0f} s", flush=True)
   finally:
     stop.set()
     for t in threads:
       t.join()
-  print(f"{rounds} rounds with no abort and no mismatch in {time.time() - start:.0f} s")
+  if errors:
+    raise errors[0]
+  assert all(done), f"a busy thread never finished a call: {[len(d) for d in done]}"
+  print(f"{rounds} rounds with no abort and no mismatch in {time.time() - start:.0f} s "
+        f"(busy threads: {len(done[0])} matmul and {len(done[1])} oneDNN calls)")
 
 
 def at_the_map_limit() -> None:
@@ -142,6 +168,8 @@ def at_the_map_limit() -> None:
   compiled = grad.lower(x, w).compile()   # Compiled now: XLA itself needs maps to compile.
   with open("/proc/sys/vm/max_map_count") as f:
     limit = int(f.read())
+  assert limit <= 2 ** 20, f"vm.max_map_count is {limit}: too many maps to fill in a test"
+  page = os.sysconf("SC_PAGE_SIZE")
   libc = ctypes.CDLL(None, use_errno=True)
   libc.mmap.restype = ctypes.c_void_p
   libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
@@ -150,19 +178,26 @@ def at_the_map_limit() -> None:
   with open("/proc/self/maps") as f:
     pages = 2 * (limit - sum(1 for _ in f)) + 8
   # One inaccessible region, every other page of it made readable: one map per page.
-  base = libc.mmap(None, pages * 4096, 0, 0x22, -1, 0)   # PROT_NONE, MAP_PRIVATE|ANONYMOUS
+  base = libc.mmap(None, pages * page, 0, 0x22, -1, 0)   # PROT_NONE, MAP_PRIVATE|ANONYMOUS
   assert base not in (None, ctypes.c_void_p(-1).value), "mmap failed"
-  for page in range(0, pages, 2):
-    libc.mprotect(base + page * 4096, 4096, 1)
-  with open("/proc/self/maps") as f:
-    print(f"{sum(1 for _ in f)} of {limit} memory maps in use", flush=True)
   try:
-    jax.block_until_ready(compiled(x, w))
-  except Exception as e:   # noqa: BLE001 (the error XLA raises for the FFI's)
-    assert "memory maps" in str(e), e
-    print(f"at the map limit: {type(e).__name__}: {str(e)[:200]}")
-  else:
-    raise AssertionError("a new oneDNN kernel was made with no memory map to spare")
+    for p in range(0, pages, 2):
+      if libc.mprotect(base + p * page, page, 1) != 0:
+        break   # ENOMEM: the map table is full
+    with open("/proc/self/maps") as f:
+      used = sum(1 for _ in f)
+    print(f"{used} of {limit} memory maps in use", flush=True)
+    assert used >= limit - 1, f"filled only {used} of {limit} memory maps"
+    try:
+      jax.block_until_ready(compiled(x, w))
+    except Exception as e:   # noqa: BLE001 (the error XLA raises for the FFI's)
+      assert "memory maps" in str(e), e
+      print(f"at the map limit: {type(e).__name__}: {str(e)[:200]}")
+    else:
+      raise AssertionError("a new oneDNN kernel was made with no memory map to spare")
+  finally:
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munmap(base, pages * page)
 
 
 if __name__ == "__main__":
