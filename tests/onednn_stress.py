@@ -30,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jtl import ops  # noqa: E402
+from onednn_checks import xla_conv  # noqa: E402
 
 SHAPES = [  # (kernel, stride, padding, size, dtype)
     (1, 1, "SAME", 9, jnp.float32),
@@ -42,11 +43,6 @@ SHAPES = [  # (kernel, stride, padding, size, dtype)
 ]
 
 
-def xla_conv(x, w, strides, padding):
-  return jax.lax.conv_general_dilated(x, w, strides, padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 @functools.cache
 def grads_fn(conv, strides, padding):
   """Jitted (x, w, r) -> (y, dx, dw), the gradients of sum(y * r): one per shape, so rounds
@@ -54,8 +50,11 @@ def grads_fn(conv, strides, padding):
   def loss(x, w, r):
     y = conv(x, w, strides, padding)
     return jnp.sum(y.astype(jnp.float32) * r), y
-  grad = jax.value_and_grad(loss, (0, 1), has_aux=True)
-  return jax.jit(lambda x, w, r: (lambda out: (out[0][1], *out[1]))(grad(x, w, r)))
+
+  def output_and_grads(x, w, r):
+    (_, y), (dx, dw) = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, w, r)
+    return y, dx, dw
+  return jax.jit(output_and_grads)
 
 
 def grads(conv, x, w, r, strides, padding):

@@ -149,19 +149,16 @@ const Plan& GetPlan(Kind kind, const Shape& s) {
   static auto* cache = new std::map<std::vector<int64_t>, std::unique_ptr<Plan>>;
   std::vector<int64_t> key = s.Key(kind);
   std::lock_guard<std::mutex> lock(mutex);
-  auto& plan = (*cache)[key];
-  if (!plan) {
-    int64_t used = 0, limit = 0;
-    if (MapsLeft(&used, &limit) < kMapsToSpare) {
-      cache->erase(key);
-      throw std::runtime_error(
-          "this process uses " + std::to_string(used) + " of its " + std::to_string(limit) +
-          " memory maps (vm.max_map_count), and oneDNN crashes creating a kernel without "
-          "spare ones; free compiled programs (jax.clear_caches()) or set JTL_ONEDNN=0");
-    }
-    plan = std::make_unique<Plan>(MakePlan(kind, s));
-  }
-  return *plan;
+  auto found = cache->find(key);
+  if (found != cache->end()) return *found->second;
+  int64_t used = 0, limit = 0;
+  if (MapsLeft(&used, &limit) < kMapsToSpare)
+    throw std::runtime_error(
+        "this process uses " + std::to_string(used) + " of its " + std::to_string(limit) +
+        " memory maps (vm.max_map_count), and oneDNN crashes creating a kernel without "
+        "spare ones; free compiled programs (jax.clear_caches()) or set JTL_ONEDNN=0");
+  // Inserted only once made: a plan that failed to build leaves no entry behind.
+  return *cache->emplace(key, std::make_unique<Plan>(MakePlan(kind, s))).first->second;
 }
 
 // A per-thread buffer that only grows: XLA may run two convolutions at once,
