@@ -5,22 +5,34 @@ r"""jtl's benchmarks in parts: speed, first_step, pipeline, frozen, prefix, conv
   ./launch.sh experiments/bench.py --parts speed --shapes resnet50 --batches resnet50=16
   ./launch.sh experiments/bench.py --parts frozen --shapes resnet50 --batches resnet50=16
   ./launch.sh experiments/bench.py --parts prefix         # 5 min
-  JTL_ONEDNN=1 ./launch.sh experiments/bench.py --parts conv
+  ./launch.sh experiments/bench.py --parts breakdown --shapes small,resnet18   # 3 min
+  ./launch.sh experiments/bench.py --parts conv
   ./launch.sh experiments/bench.py --parts gpu            # on a GPU machine; --dry_run on CPU
 
 Parts (--parts, comma-separated). The default is the four that measure jtl on the CPU it runs
-on: speed, first_step, pipeline, frozen. prefix (5 min of training), conv (needs JTL_ONEDNN=1)
-and gpu (needs a GPU) run only when asked for.
+on: speed, first_step, pipeline, folder, frozen. breakdown, prefix (5 min of training), conv
+(jtl.ops' oneDNN convolutions, on unless JTL_ONEDNN=0) and gpu (needs a GPU) run only when
+asked for.
   speed       train-step and inference images/s of jtl (jit(train.train_step), full fine-tune,
               SGD momentum) and of the same network in PyTorch eager (channels_last, a hand-built
               ResNet with jtl's widths and strides, --torch_threads threads), timed in alternating
               rounds; ratio = jtl/PyTorch. On a busy machine PyTorch's OpenMP threads lose far
               more than XLA's (see the warning it prints): trust ratios from an idle machine.
-  first_step  seconds from the start of a run to the end of its first step (summary.json's
-              first_step_s) of --first_step_config, for a fresh compilation cache (cold) and
-              then the same cache (warm).
+  breakdown   where the train step's time goes, in jtl and PyTorch alike: the step, the step with
+              its convolutions swapped for stand-ins that cost one pass over their input and
+              output, and the step with BatchNorm also reduced to its affine map; differences
+              of medians over alternating rounds give convolutions, BatchNorm and the rest.
+  first_step  seconds from the start of a process to the end of its first step, of
+              --first_step_config with a fresh compilation cache (cold) and then the same cache
+              (warm), and of the same work in PyTorch eager (read Fashion-MNIST, draw the shots,
+              build the network, one SGD step: bench_lib.torch_first_step), twice.
   pipeline    images/s of jtl.data.train_dataset over Fashion-MNIST at each shape's size, alone
               and feeding the train step, against the step on a batch already on the device.
+  folder      images/s of jtl's folder: pipeline over generated JPEGs (--folder_image, ImageNet's
+              typical 500x375): decode, resize to 224, padded random crop, flip, batch 32; and of
+              a PyTorch DataLoader over the same files with the same transforms (torchvision's
+              ImageFolder + Resize + RandomCrop + RandomHorizontalFlip, as their PIL calls) and
+              as many worker processes as jtl has threads.
   frozen      one train step per strategy against the inference forward pass, and optimizer-state
               bytes per label, on --frozen_shape. Targets: linear_probe <= 1.15x the forward
               pass; partial:3 (last stage + head) <= 0.40x the full fine-tune step.
@@ -67,13 +79,15 @@ import time
 from unittest import mock
 
 # What the parts share, beside this file; none of it imports jax before main sets XLA_FLAGS.
-from bench_lib import (ROOT, SHAPES, Jtl, Shape, Torch, fmt, interleaved, jax_conv_passes,
-                       machine_info, make_state, paired_ratio, prefetch_to_device, random_batch,
-                       random_variables, table, timed_steps, torch_conv_passes, torch_version)
+from bench_lib import (ROOT, SHAPES, Jtl, Shape, Torch, TorchFolder, fmt, interleaved,
+                       jax_conv_passes, machine_info, make_state, paired_ratio, prefetch_to_device,
+                       random_batch, random_variables, resnet_arch, table, timed_steps,
+                       torch_conv_passes, torch_version, write_jpeg_folder)
 
 # In the order they run; the first three share one model per shape.
-PARTS = ("speed", "pipeline", "frozen", "conv", "gpu", "first_step", "prefix")
-DEFAULT_PARTS = ("speed", "first_step", "pipeline", "frozen")
+PARTS = ("speed", "breakdown", "pipeline", "folder", "frozen", "conv", "gpu", "first_step",
+         "prefix")
+DEFAULT_PARTS = ("speed", "first_step", "pipeline", "folder", "frozen")
 STRATEGIES = ("linear_probe", "partial:3", "surgical:stage4", "bitfit", "full_finetune")
 # The main study's transfer run, from a random init (its default source may not exist), 2 steps.
 FIRST_STEP_CONFIG = "configs/transfer.py:strategy=scratch,steps=2"
@@ -140,6 +154,42 @@ def speed(args, shapes: dict, jtl_of) -> dict:
   return out
 
 
+def breakdown(args, shapes: dict, jtl_of) -> dict:
+  """Where a train step's time goes, in jtl and in PyTorch: the step as it is, with its
+  convolutions swapped for stand-ins that cost one pass over their input and output, and with
+  BatchNorm also swapped for its affine map (no statistics), in alternating rounds."""
+  import numpy as np
+  from bench_lib import jtl_with_stand_ins
+  variants = {"step": (), "no_conv": ("conv",), "no_conv_bn": ("conv", "bn")}
+  tv, out = torch_version(), {}
+  for name, shape in shapes.items():
+    print(f"breakdown: {name} ...", flush=True)
+    fns = {}
+    for variant, stand_ins in variants.items():
+      fns[f"jtl_{variant}"] = (jtl_of(name) if not stand_ins
+                               else jtl_with_stand_ins(shape, stand_ins)).train
+      if tv:
+        fns[f"torch_{variant}"] = Torch(shape, random_batch(shape, np.random.default_rng(0)),
+                                        args.torch_threads, stand_ins).train
+    for fn in fns.values():
+      fn()   # Warm-up.
+    times = interleaved(fns, args.repeats)
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    r = out[name] = {"shape": dataclasses.asdict(shape), "step_ms": ms, "rounds_s": times}
+    for who in ("jtl", "torch") if tv else ("jtl",):
+      step, no_conv, rest = (ms[f"{who}_{v}"] for v in variants)
+      r[who] = {"conv_ms": step - no_conv, "batchnorm_ms": no_conv - rest, "rest_ms": rest,
+                "step_ms": step}
+  who_rows = [("jtl", "jtl")] + ([("torch", "PyTorch")] if tv else [])
+  table(["shape", "who", "step (ms)", "convolutions (ms)", "BatchNorm (ms)",
+         "the rest (ms): ReLU, adds, pooling, head, loss, optimizer"],
+        [[n, label, f"{r[who]['step_ms']:.1f}", f"{r[who]['conv_ms']:.1f}",
+          f"{r[who]['batchnorm_ms']:.1f}", f"{r[who]['rest_ms']:.1f}"]
+         for n, r in out.items() for who, label in who_rows],
+        "where a train step's time goes: the step minus the step with stand-ins (medians)")
+  return out
+
+
 def pipeline(args, shapes: dict, jtl_of) -> dict:
   """train_dataset's images/s alone, then feeding the step, against the step on a fixed
   batch, per shape."""
@@ -173,6 +223,57 @@ def pipeline(args, shapes: dict, jtl_of) -> dict:
           f"{r['fed_step_img_s']:.1f}", f"{r['pipeline_over_step']:.1f}",
           f"{r['fed_over_fixed']:.2f}", "yes" if r["keeps_up"] else "NO"]
          for n, r in out.items()])
+  return out
+
+
+def folder(args, shapes: dict, jtl_of) -> dict:
+  """jtl's folder: pipeline (JPEG decode, resize, padded random crop, flip, batches) against
+  a PyTorch DataLoader over the same files with the same transforms and as many workers."""
+  from jtl import data
+  from jtl.data import pipeline as jtl_pipeline
+  workers = jtl_pipeline._read_options().num_threads
+  size, batch, count = 224, 32, 64 if args.quick else 512
+  least = 0.3 if args.quick else 5.0
+  root = tempfile.mkdtemp(prefix="jtl-bench-folder-")
+  print(f"folder: {count} JPEGs of {args.folder_image[0]}x{args.folder_image[1]} to {size} px, "
+        f"batch {batch}, {workers} threads / workers ...", flush=True)
+
+  def rate(batches) -> float:
+    next(batches)   # Starts the threads or worker processes.
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < least:
+      next(batches)
+      n += 1
+    return n * batch / (time.perf_counter() - t0)
+
+  try:
+    for split, n in (("train", count), ("test", 4)):
+      write_jpeg_folder(os.path.join(root, split), n, tuple(args.folder_image))
+    source = data.load_source(f"folder:{root}", "train")
+    out = {"images": count, "image_size": list(args.folder_image), "size": size,
+           "batch": batch, "workers": workers, "cores": os.cpu_count(),
+           "jtl_img_s": rate(iter(data.train_dataset(source, batch_size=batch, image_size=size,
+                                                     seed=0)))}
+    if torch_version():
+      import torch
+      loader = torch.utils.data.DataLoader(
+          TorchFolder(os.path.join(root, "train"), size), batch_size=batch,
+          shuffle=True, drop_last=True, num_workers=workers, persistent_workers=True,
+          multiprocessing_context="spawn")   # fork is unsafe once jax runs threads; the
+      # workers' start is outside the timing (rate's first batch).
+      out["torch_img_s"] = rate(itertools.chain.from_iterable(itertools.repeat(loader)))
+      out["jtl_over_torch"] = out["jtl_img_s"] / out["torch_img_s"]
+    else:
+      out["torch_img_s"] = out["jtl_over_torch"] = "not installed"
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  per_core = lambda x: x / os.cpu_count() if isinstance(x, float) else x
+  table(["input pipeline, JPEG folder to 224 px batches", "img/s", "img/s per core",
+         "jtl / PyTorch"],
+        [["jtl folder: (grain, threads)", fmt(out["jtl_img_s"], ".0f"),
+          fmt(per_core(out["jtl_img_s"]), ".0f"), fmt(out["jtl_over_torch"], ".2f")],
+         ["PyTorch DataLoader (worker processes)", fmt(out["torch_img_s"], ".0f"),
+          fmt(per_core(out["torch_img_s"]), ".0f"), "-"]])
   return out
 
 
@@ -341,35 +442,65 @@ def gpu(args, shapes: dict, jtl_of) -> dict:
 
 
 def first_step(args, shapes: dict, jtl_of) -> dict:
-  """Runs --first_step_config twice on one fresh compilation cache: cold, then warm."""
+  """Runs --first_step_config twice on one fresh compilation cache, cold then warm, and the
+  same work in PyTorch twice (bench_lib.torch_first_step), each in a fresh process."""
   cache = tempfile.mkdtemp(prefix="jtl-bench-cache-")
   env = {**os.environ, "JTL_COMPILATION_CACHE": cache}
   out = {"config": args.first_step_config}
   print(f"first_step: {args.first_step_config}, cold then warm cache ...", flush=True)
+
+  def launch(cmd, env=None):
+    """Seconds from starting `cmd` to the end of its first step, and the process's whole time."""
+    t, launched = time.perf_counter(), time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+      raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
+                         + proc.stderr[-2000:])
+    return proc.stdout, launched, time.perf_counter() - t
+
   try:
     for which in ("cold", "warm"):
       workdir = os.path.join(cache, f"run-{which}")   # Inside the cache dir: one rmtree.
-      cmd = [sys.executable, "-m", "jtl.main", f"--config={args.first_step_config}",
-             f"--workdir={workdir}", "--config.progress=False"]
-      t = time.perf_counter()
-      proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-      if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
-                           + proc.stderr[-2000:])
+      _, launched, process_s = launch(
+          [sys.executable, "-m", "jtl.main", f"--config={args.first_step_config}",
+           f"--workdir={workdir}", "--config.progress=False"], env)
       with open(os.path.join(workdir, "summary.json")) as f:
-        out[which] = {"first_step_s": json.load(f)["first_step_s"],
-                      "process_s": time.perf_counter() - t}
+        summary = json.load(f)
+      out[which] = {"first_step_s": summary["first_step_s"], "process_s": process_s,
+                    "from_process_start_s": summary["first_step_at"] - launched}
       shutil.rmtree(workdir)
     out["cache_bytes"] = sum(os.path.getsize(os.path.join(d, n))
                              for d, _, names in os.walk(cache) for n in names)
   finally:
     shutil.rmtree(cache, ignore_errors=True)
   out["cold_over_warm"] = out["cold"]["first_step_s"] / out["warm"]["first_step_s"]
-  table(["time to first step", "cold cache", "warm cache", "cold / warm"],
-        [["first_step_s (run start to end of step 1)", f"{out['cold']['first_step_s']:.1f} s",
-          f"{out['warm']['first_step_s']:.1f} s", f"{out['cold_over_warm']:.1f}"],
-         ["whole process (imports, steps, eval)", f"{out['cold']['process_s']:.1f} s",
-          f"{out['warm']['process_s']:.1f} s", "-"]])
+  rows = [[f"jtl, {w} compilation cache", f"{out[w]['from_process_start_s']:.1f} s",
+           f"{out[w]['first_step_s']:.1f} s", f"{out[w]['process_s']:.1f} s"]
+          for w in ("cold", "warm")]
+  if torch_version() and args.first_step_config == FIRST_STEP_CONFIG:
+    from jtl.data.sources import FASHION_MNIST_DIR
+    # The default config's run: the small shape at its batch (10 shots x 5 classes), lr 0.01.
+    spec = {"shape": dataclasses.asdict(dataclasses.replace(SHAPES["small"], batch=50)),
+            "arch": resnet_arch("resnet18"), "idx_dir": FASHION_MNIST_DIR,
+            "classes": [5, 6, 7, 8, 9], "shots": 10, "lr": 0.01}
+    runs = []
+    for _ in range(2):   # The second with the files and libraries in the OS cache, as jtl's warm.
+      stdout, launched, process_s = launch(
+          [sys.executable, os.path.join(ROOT, "experiments", "bench_lib.py"), json.dumps(spec)])
+      at = float(stdout.split("first_step_at=")[1].split()[0])
+      runs.append({"from_process_start_s": at - launched, "process_s": process_s})
+    out["torch"] = runs
+    for w, i in (("cold", 0), ("warm", 1)):
+      out[f"{w}_over_torch"] = out[w]["from_process_start_s"] / runs[i]["from_process_start_s"]
+    rows += [[f"PyTorch eager, run {i + 1}", f"{r['from_process_start_s']:.1f} s", "-",
+              f"{r['process_s']:.1f} s"] for i, r in enumerate(runs)]
+  else:
+    out["torch"] = "not installed" if not torch_version() else "only for the default config"
+  table(["time to first step", "process start to end of step 1", "run start to end of step 1",
+         "whole process"], rows)
+  if "cold_over_torch" in out:
+    print(f"jtl / PyTorch, process start to end of step 1: cold {out['cold_over_torch']:.1f}x, "
+          f"warm {out['warm_over_torch']:.1f}x (goal: at most 2x)")
   return out
 
 
@@ -439,7 +570,7 @@ def prefix(args, shapes: dict, jtl_of) -> dict:
   return out
 
 
-RUNS = {"speed": speed, "pipeline": pipeline, "frozen": frozen, "conv": conv, "gpu": gpu,
+RUNS = {"speed": speed, "breakdown": breakdown, "pipeline": pipeline, "folder": folder, "frozen": frozen, "conv": conv, "gpu": gpu,
         "first_step": first_step, "prefix": prefix}
 
 
@@ -459,6 +590,8 @@ def parse(argv):
                     help="default resnet18 if among --shapes, else the first of them")
   part.add_argument("--first_step_config", default=FIRST_STEP_CONFIG)
   part.add_argument("--conv_batch", type=int, default=32)
+  part.add_argument("--folder_image", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
+                    help="the folder part's JPEG size (default: ImageNet's typical 500x375)")
   part = parser.add_argument_group("prefix")
   part.add_argument("--prefix_epochs", type=int, default=20)
   part.add_argument("--prefix_shots", type=int, default=0, help="per class; 0: all")
@@ -480,9 +613,9 @@ def parse(argv):
                              (args.shapes.split(","), SHAPES, "shape")):
     if unknown := set(given) - set(known):
       parser.error(f"unknown {what}(s) {', '.join(sorted(unknown))}; expected {', '.join(known)}")
-  if "conv" in args.parts and os.environ.get("JTL_ONEDNN") != "1":
-    parser.error("the conv part times jtl.ops' oneDNN convolutions, which are opt-in: run it "
-                 "with JTL_ONEDNN=1 (the other parts' convolutions then use oneDNN too)")
+  if "conv" in args.parts and os.environ.get("JTL_ONEDNN") == "0":
+    parser.error("the conv part times jtl.ops' oneDNN convolutions, which JTL_ONEDNN=0 turns "
+                 "off: run it without that variable")
   args.repeats = args.repeats or (2 if args.quick else 5)
   return args
 
@@ -521,7 +654,7 @@ def main(argv=None) -> dict:
     return jtls[name]
 
   for name in PARTS:
-    if name not in ("speed", "pipeline", "frozen"):
+    if name not in ("speed", "breakdown", "pipeline", "folder", "frozen"):
       jtls.clear()   # Frees the models that those parts share before the others start.
     if name in args.parts:
       result[name] = RUNS[name](args, shapes, jtl_of)

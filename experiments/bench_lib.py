@@ -130,6 +130,68 @@ class Jtl:
     self.jax.block_until_ready(self.forward(self.variables, self.batch["image"]))
 
 
+def stand_in_conv(x, w, strides=(1, 1), padding="SAME"):
+  """A convolution's output shape and gradients' paths at the cost of one pass over its input
+  and output: the mean of each image times the sum of each filter (the breakdown part)."""
+  import importlib
+
+  import jax.numpy as jnp
+  conv_module = importlib.import_module("jtl.ops.conv")   # jtl.ops.conv is also the function.
+  strides = tuple(int(s) for s in strides)
+  (top, bottom), (left, right) = conv_module._pairs(x.shape, w.shape, strides, padding)
+  shape = (x.shape[0], (x.shape[1] + top + bottom - w.shape[0]) // strides[0] + 1,
+           (x.shape[2] + left + right - w.shape[1]) // strides[1] + 1, w.shape[3])
+  y = x.mean((1, 2, 3))[:, None, None, None] * w.sum((0, 1, 2))
+  return jnp.broadcast_to(y, shape)
+
+
+def affine_batchnorm():
+  """flax.linen.BatchNorm's parameters and statistics, computing only x * scale + bias:
+  BatchNorm without its reductions and normalization (the breakdown part)."""
+  from typing import Any
+
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  class Affine(nn.Module):
+    use_running_average: bool | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, use_running_average=None):
+      c = x.shape[-1]
+      self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+      self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+      scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+      bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+      return x * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+  return Affine
+
+
+def jtl_with_stand_ins(shape: Shape, stand_ins: tuple) -> Jtl:
+  """`Jtl(shape)` traced and compiled with `stand_ins` ("conv", "bn") in place of those layers."""
+  import importlib
+  from unittest import mock
+  conv_module = importlib.import_module("jtl.ops.conv")   # jtl.ops.conv is also the function.
+  patches = ([mock.patch.object(conv_module, "conv", stand_in_conv)] if "conv" in stand_ins
+             else [])
+  if "bn" in stand_ins:
+    patches.append(mock.patch("jtl.models.resnet.nn.BatchNorm", affine_batchnorm()))
+  for patch in patches:
+    patch.start()
+  try:
+    jtl = Jtl(shape)
+    jtl.compile_train()
+  finally:
+    for patch in patches:
+      patch.stop()
+  return jtl
+
+
 def random_variables(model, shape: Shape) -> dict:
   """Variables shaped as `model.init` makes them, filled by numpy: a jitted init compiles
   one random-number kernel per parameter and takes longer than the step on CPU."""
@@ -199,16 +261,42 @@ def torch_version() -> str | None:
   return torch.__version__
 
 
-def torch_resnet(shape: Shape):
-  """jtl's ResNet v1.5 in torch.nn: same widths, strides, padding and parameter count
-  (so the same FLOPs); weights differ. torchvision is not needed."""
-  import torch
-  from torch import nn
+def resnet_arch(model: str) -> dict:
+  """jtl's stage sizes, block type and base widths of `model`, for `torch_resnet`."""
   from jtl.models import MODELS
   from jtl.models.resnet import BASE_WIDTHS
+  stage_sizes, bottleneck = MODELS[model]
+  return {"stage_sizes": list(stage_sizes), "bottleneck": bool(bottleneck),
+          "base_widths": list(BASE_WIDTHS)}
+
+
+def torch_resnet(shape: Shape, arch: dict | None = None, stand_ins: tuple = ()):
+  """jtl's ResNet v1.5 in torch.nn: same widths, strides, padding and parameter count
+  (so the same FLOPs); weights differ. torchvision is not needed. `arch`: `resnet_arch`'s,
+  passed in where importing jtl (and so jax) would be unfair to PyTorch's timing.
+  `stand_ins`: "conv" and/or "bn" swap those layers for `stand_in_conv` / an affine map, with
+  the same parameters (the breakdown part)."""
+  import torch
+  from torch import nn
+  arch = arch or resnet_arch(shape.model)
+  stage_sizes, bottleneck = arch["stage_sizes"], arch["bottleneck"]
+
+  class StandInConv(nn.Conv2d):
+    def forward(self, x):
+      n, _, h, w = x.shape
+      out = ((h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1,
+             (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1)
+      y = x.mean((1, 2, 3)).view(n, 1, 1, 1) * self.weight.sum((1, 2, 3)).view(1, -1, 1, 1)
+      return y.expand(n, self.out_channels, *out).contiguous(memory_format=torch.channels_last)
+
+  class Affine(nn.BatchNorm2d):
+    def forward(self, x):
+      return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
   def conv_bn(cin, cout, k, stride):
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    conv = StandInConv if "conv" in stand_ins else nn.Conv2d
+    bn = Affine if "bn" in stand_ins else nn.BatchNorm2d
+    return [conv(cin, cout, k, stride, k // 2, bias=False), bn(cout)]
 
   class Block(nn.Module):
     def __init__(self, cin, features, stride, bottleneck):
@@ -226,8 +314,7 @@ def torch_resnet(shape: Shape):
     def forward(self, x):
       return torch.relu(self.body(x) + self.shortcut(x))
 
-  stage_sizes, bottleneck = MODELS[shape.model]
-  widths = [max(1, round(w * shape.width)) for w in BASE_WIDTHS]
+  widths = [max(1, round(w * shape.width)) for w in arch["base_widths"]]
   k, s = (3, 1) if shape.small_stem else (7, 2)
   layers = conv_bn(shape.channels, widths[0], k, s) + [nn.ReLU(inplace=True)]
   if not shape.small_stem:
@@ -244,12 +331,12 @@ def torch_resnet(shape: Shape):
 class Torch:
   """One shape's network in PyTorch eager: an SGD-momentum train step and a forward pass."""
 
-  def __init__(self, shape: Shape, batch: dict, threads: int):
+  def __init__(self, shape: Shape, batch: dict, threads: int, stand_ins: tuple = ()):
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     self.torch = torch
-    self.model = torch_resnet(shape).to(memory_format=torch.channels_last)
+    self.model = torch_resnet(shape, stand_ins=stand_ins).to(memory_format=torch.channels_last)
     self.params = sum(p.numel() for p in self.model.parameters())
     # The base config's optimizer; jtl's decays kernels only, which costs the same.
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -271,6 +358,85 @@ class Torch:
     self.model.eval()
     with self.torch.inference_mode():
       self.model(self._x())
+
+
+def torch_first_step(shape: Shape, arch: dict, idx_dir: str, classes: list[int], shots: int,
+                     lr: float, seed: int = 0) -> float:
+  """PyTorch's side of bench.py's first_step part, as a fresh process runs it: the transfer
+  run's work up to its first step, the PyTorch way. Reads Fashion-MNIST's training idx files,
+  draws `shots` images of each of `classes`, pads, crops and flips them as jtl's pipeline
+  does, builds the network and takes one SGD step. Returns the Unix time at its end."""
+  import gzip
+
+  import numpy as np
+  import torch
+  torch.manual_seed(seed)
+  with gzip.open(os.path.join(idx_dir, "train-images-idx3-ubyte.gz")) as f:
+    images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
+  with gzip.open(os.path.join(idx_dir, "train-labels-idx1-ubyte.gz")) as f:
+    labels = np.frombuffer(f.read(), np.uint8, offset=8)
+  rng = np.random.default_rng(seed)
+  pick = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
+                         for c in classes])
+  pad = shape.size // 8
+  padded = np.pad(images[pick], ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  x = np.stack([p[dy:dy + shape.size, dx:dx + shape.size][:, ::-1 if flip else 1]
+                for p, dy, dx, flip in zip(padded, *rng.integers(0, 2 * pad + 1, (2, len(pick))),
+                                           rng.integers(0, 2, len(pick)))])
+  y = torch.from_numpy(np.searchsorted(classes, labels[pick])).long()
+  model = torch_resnet(shape, arch).to(memory_format=torch.channels_last)
+  opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+  x = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+  loss = torch.nn.functional.cross_entropy(model(x), y)
+  loss.backward()
+  opt.step()
+  return time.time()
+
+
+def write_jpeg_folder(root: str, count: int, size: tuple[int, int], classes: int = 4) -> None:
+  """`count` photo-like JPEGs (smooth colour fields plus grain, quality 90) of `size` (w, h)
+  in `classes` class folders: an ImageFolder / folder: dataset for the pipeline parts."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for i in range(count):
+    folder = os.path.join(root, f"class{i % classes}")
+    os.makedirs(folder, exist_ok=True)
+    low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), np.uint8)).resize(size, Image.BICUBIC)
+    grain = rng.normal(0, 8, (size[1], size[0], 3))
+    image = np.clip(np.asarray(low, np.float32) + grain, 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+
+
+class TorchFolder:
+  """torchvision's ImageFolder with Resize((size, size)), RandomCrop(size, padding=size // 8),
+  RandomHorizontalFlip and PILToTensor: the same PIL calls that those transforms make, so
+  torchvision itself is not needed (PyPI's torchvision does not import beside the CPU wheel
+  of torch that the tests pin). A map-style dataset for torch.utils.data.DataLoader."""
+
+  def __init__(self, root: str, size: int):
+    self.size, self.pad = size, size // 8
+    self.items = sorted((os.path.join(root, c, n), i)
+                        for i, c in enumerate(sorted(os.listdir(root)))
+                        for n in os.listdir(os.path.join(root, c)))
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+    path, label = self.items[i]
+    with open(path, "rb") as f:   # torchvision's pil_loader.
+      image = Image.open(f).convert("RGB")
+    image = image.resize((self.size, self.size), Image.BILINEAR)
+    image = ImageOps.expand(image, self.pad)   # RandomCrop's zero padding, then the crop.
+    top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+    image = image.crop((left, top, left + self.size, top + self.size))
+    if torch.rand(1).item() < 0.5:
+      image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(image).copy()), label
 
 
 def torch_conv_passes(stride: int, pad: int, x, w, dy, threads: int) -> dict:
@@ -322,3 +488,10 @@ def table(header: list, rows: list, title: str = "") -> None:
     print("| " + " | ".join(map(str, row)) + " |")
 
 
+
+
+if __name__ == "__main__":   # bench.py's first_step part starts PyTorch's side this way.
+  import json
+  import sys
+  spec = json.loads(sys.argv[1])
+  print(f"first_step_at={torch_first_step(Shape(**spec.pop('shape')), **spec)!r}")

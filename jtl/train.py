@@ -343,13 +343,16 @@ def summarize(config, workdir, state, test, *, extra, validation, adaptation, la
               train_examples, test_examples, timing, strat, cached_from, skipped) -> dict:
   """summary.json: test accuracy (and each extra test set's), validation, timing, sizes,
   and adaptation's fields."""
-  train_time, first_step_s, images_seen = timing
+  train_time, started, first_step_s, images_seen = timing
   summary = {
       "workdir": workdir, "steps": config.total_steps,
       "test_accuracy": test["accuracy"], "test_loss": test["loss"],
       "train_examples": train_examples, "test_examples": test_examples,
       "train_time_s": train_time,
       "first_step_s": first_step_s,   # From the call to the end of the first step.
+      # The end of the first step in Unix time: with the process's start (taken by whoever
+      # started it), its time to the first step, imports included.
+      "first_step_at": started + first_step_s if first_step_s is not None else None,
       "images_per_sec": images_seen / train_time if images_seen else None,
       "trainable_params": int(sum(np.size(v) for k, v in tu.flatten_dict(
           jax.device_get(state.params), sep="/").items() if k not in state.frozen)),
@@ -509,7 +512,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     summary = summarize(config, workdir, state, test, extra=extra, validation=validation,
                         adaptation=adaptation, labeled_test=labeled_test,
                         train_examples=len(splits["train"]), test_examples=len(test_split),
-                        timing=(train_time, first_step_s, images_seen), strat=strat,
+                        timing=(train_time, started, first_step_s, images_seen), strat=strat,
                         cached_from=cached_from, skipped=skipped) | target_scores
     writer.write(config.total_steps, {f"test/{k}": v for k, v in test.items()})
     if jax.process_index() == 0:

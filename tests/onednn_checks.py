@@ -1,6 +1,6 @@
 """jtl.ops.conv (oneDNN through the XLA FFI) against lax.conv_general_dilated.
 
-Run by tests/test_ops.py in a fresh process with JTL_ONEDNN=1 (oneDNN is opt-in).
+Run by tests/test_ops.py in a fresh process (JTL_ONEDNN=1, as it is by default).
 The library must build here (Debian: `apt-get install libdnnl-dev`): a missing
 library fails these checks rather than skipping them.
 """

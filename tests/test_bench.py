@@ -5,7 +5,9 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -34,11 +36,12 @@ def written(tmp_path, out=None):
 
 @pytest.mark.slow
 def test_bench_quick_small(tmp_path):
+  parts = ["speed", "breakdown", "pipeline", "folder", "frozen"]
   out = bench.main(["--quick", "--shapes", "small", "--batches", "small=16",
-                    "--parts", "speed,pipeline,frozen", "--workdir", str(tmp_path)])
+                    "--parts", ",".join(parts), "--workdir", str(tmp_path)])
   written(tmp_path, out)
-  assert {"speed", "pipeline", "frozen"} <= set(out) and not {"first_step", "prefix"} & set(out)
-  assert out["settings"]["parts"] == ["speed", "pipeline", "frozen"]
+  assert set(parts) <= set(out) and not {"first_step", "prefix"} & set(out)
+  assert out["settings"]["parts"] == parts
   assert out["settings"]["shapes"]["small"]["batch"] == 16 and out["settings"]["repeats"] == 2
 
   speed = out["speed"]["small"]
@@ -51,6 +54,20 @@ def test_bench_quick_small(tmp_path):
     assert positive(speed["ratio"]["train"]) and positive(speed["ratio"]["infer"])
   else:
     assert speed["torch"] == "not installed"
+
+  parts_of_step = out["breakdown"]["small"]
+  for who in ("jtl", "torch") if bench.torch_version() else ("jtl",):
+    split = parts_of_step[who]
+    assert positive(split["step_ms"]) and positive(split["rest_ms"]), who
+    assert split["conv_ms"] + split["batchnorm_ms"] + split["rest_ms"] == pytest.approx(
+        split["step_ms"]), who
+
+  folder = out["folder"]
+  assert (folder["images"], folder["size"], folder["batch"]) == (64, 224, 32)
+  assert positive(folder["jtl_img_s"]) and folder["workers"] >= 1
+  if bench.torch_version():
+    assert positive(folder["torch_img_s"])
+    assert folder["jtl_over_torch"] == folder["jtl_img_s"] / folder["torch_img_s"]
 
   pipe = out["pipeline"]["small"]
   for key in ("pipeline_img_s", "step_img_s", "fed_step_img_s", "fed_over_fixed"):
@@ -79,9 +96,54 @@ def test_bench_first_step_tiny(tmp_path):
   first = out["first_step"]
   assert first["config"] == config and first["cache_bytes"] > 0
   for which in ("cold", "warm"):
-    assert positive(first[which]["first_step_s"]), which
-    assert first[which]["process_s"] > first[which]["first_step_s"], which
+    run = first[which]
+    assert positive(run["first_step_s"]), which
+    # Process start (imports included) to the end of the first step, inside the process's time.
+    assert run["first_step_s"] < run["from_process_start_s"] < run["process_s"], which
   assert first["cold_over_warm"] == first["cold"]["first_step_s"] / first["warm"]["first_step_s"]
+  assert first["torch"] == "only for the default config"   # PyTorch's side is the default's.
+
+
+def test_torch_first_step_takes_one_step_on_the_drawn_shots():
+  torch = pytest.importorskip("torch")
+  from jtl.data.sources import FASHION_MNIST_DIR
+  shape = bench_lib.Shape("resnet18", 28, 50, channels=1, small_stem=True, width=0.25,
+                          num_classes=5)
+  seen = {}
+  real_sgd = torch.optim.SGD
+
+  class SGD(real_sgd):   # Records the batch's loss gradient reaching the optimizer.
+    def step(self, closure=None):
+      seen["grad"] = sum(float(p.grad.abs().sum()) for p in self.param_groups[0]["params"])
+      return super().step(closure)
+
+  before = time.time()
+  with mock.patch.object(torch.optim, "SGD", SGD):
+    at = bench_lib.torch_first_step(shape, bench_lib.resnet_arch("resnet18"), FASHION_MNIST_DIR,
+                                    [5, 6, 7, 8, 9], 10, 0.01)
+  assert before < at <= time.time() and seen["grad"] > 0
+
+
+def test_stand_ins_keep_the_step_s_shapes_and_parameters():
+  """The breakdown part's stand-ins: a convolution's output shape for every stride and padding
+  the ResNets use, and BatchNorm's own variables, so the optimizer's work is unchanged."""
+  import jax
+  import jax.numpy as jnp
+  from jtl import models
+  import importlib
+  conv_module = importlib.import_module("jtl.ops.conv")
+  x = jnp.ones((2, 9, 10, 3))
+  for k, stride, pad in ((3, 1, 1), (3, 2, 1), (1, 2, 0), (7, 2, 3)):
+    w = jnp.ones((k, k, 3, 4))
+    want = conv_module._xla_conv(x, w, (stride,) * 2, ((pad, pad),) * 2).shape
+    assert bench_lib.stand_in_conv(x, w, (stride,) * 2, ((pad, pad),) * 2).shape == want
+  shape = bench_lib.SHAPES["small"]
+  model = models.get_model(shape.model, num_classes=5, small_stem=True, width=shape.width)
+  image = jnp.zeros((1, 28, 28, 1))
+  real = jax.eval_shape(model.init, jax.random.key(0), image)
+  with mock.patch("jtl.models.resnet.nn.BatchNorm", bench_lib.affine_batchnorm()):
+    affine = jax.eval_shape(model.init, jax.random.key(0), image)
+  assert jax.tree.map(lambda a: a.shape, affine) == jax.tree.map(lambda a: a.shape, real)
 
 
 @pytest.mark.slow
@@ -107,8 +169,7 @@ def test_bench_prefix_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_bench_conv_and_gpu_dry_run_in_a_fresh_process(tmp_path):
-  # A fresh process: XLA_FLAGS must be set before jax starts, and oneDNN (opt-in) once
-  # aborted a long test session (see tests/test_ops.py).
+  # A fresh process: XLA_FLAGS must be set before jax starts.
   run = subprocess.run(
       [sys.executable, str(EXPERIMENTS / "bench.py"), "--parts", "conv,gpu", "--dry_run",
        "--gpu_model", "resnet18", "--conv_batch", "2", "--quick", "--workdir", str(tmp_path)],
@@ -157,10 +218,10 @@ def test_torch_resnet_matches_jtl():
 @pytest.mark.parametrize("argv, message", [
     (["--shapes", "resnet19"], "unknown shape(s) resnet19"),
     (["--parts", "speed,frozn"], "unknown part(s) frozn"),
-    (["--parts", "conv"], "JTL_ONEDNN=1"),
+    (["--parts", "conv"], "JTL_ONEDNN=0"),
 ])
 def test_bench_refuses_before_it_starts(argv, message, monkeypatch, capsys):
-  monkeypatch.delenv("JTL_ONEDNN", raising=False)
+  monkeypatch.setenv("JTL_ONEDNN", "0")
   with pytest.raises(SystemExit):
     bench.main(argv)
   assert message in capsys.readouterr().err

@@ -25,7 +25,7 @@ FLOORS = {
     # 4: studies, their reports, diagnostics.
     "jtl.sweep": 4, "jtl.slurm": 4, "jtl.report": 4, "jtl.diagnose": 4,
     # 5: the command line.
-    "jtl.cli": 5, "jtl.main": 5,
+    "jtl.cli": 5, "jtl.main": 5, "jtl.start": 5,
 }
 
 

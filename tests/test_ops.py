@@ -1,8 +1,9 @@
 """oneDNN convolutions (jtl/ops): the checks in tests/onednn_checks.py, in a fresh process.
 
-oneDNN is opt-in (JTL_ONEDNN=1): one full test run out of four aborted inside a oneDNN
-call after many other tests had run in the same process. A fresh process keeps these
-checks apart from the rest of the suite, and an abort shows up here with its output.
+oneDNN is on by default (JTL_ONEDNN=0 turns it off). While it was opt-in, one full test run
+out of four aborted inside a oneDNN call after many other tests had run in the same process.
+A fresh process keeps these checks apart from the rest of the suite, and an abort shows up
+here with its output.
 """
 
 import os
@@ -11,11 +12,21 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow   # A whole test session in a fresh process.
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.parametrize("value, expected", [(None, "True"), ("1", "True"), ("0", "False")])
+def test_onednn_is_on_by_default_and_JTL_ONEDNN_0_turns_it_off(value, expected):
+  env = {k: v for k, v in os.environ.items() if k != "JTL_ONEDNN"}
+  if value is not None:
+    env["JTL_ONEDNN"] = value
+  run = subprocess.run([sys.executable, "-c", "from jtl import ops; print(ops.available())"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.split() == [expected], run.stdout + run.stderr
+
+
+@pytest.mark.slow   # A whole test session in a fresh process.
 def test_onednn_convolutions_match_xla_in_a_fresh_process():
   run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "tests/onednn_checks.py"], cwd=ROOT, capture_output=True, text=True,
@@ -24,6 +35,7 @@ def test_onednn_convolutions_match_xla_in_a_fresh_process():
   assert " passed" in run.stdout and " failed" not in run.stdout
 
 
+@pytest.mark.slow
 def test_onednn_survives_a_stress_of_200_rounds_in_one_process():
   """tests/onednn_stress.py: 200 rounds of every direction and the trainer's step against
   XLA, with custom calls starting from several threads and 4 devices at once."""
@@ -34,6 +46,7 @@ def test_onednn_survives_a_stress_of_200_rounds_in_one_process():
   assert "200 rounds with no abort and no mismatch" in run.stdout
 
 
+@pytest.mark.slow
 def test_a_new_kernel_at_the_memory_map_limit_is_an_error_not_a_crash():
   """oneDNN 2.6 crashes (SIGSEGV) creating a kernel when the process has used all its
   memory maps; jtl's handler refuses first, in a sentence that names the cause."""

@@ -1,8 +1,10 @@
 """What a run holds of the process: signal handlers, the workdir lock, the checkpoint manager."""
 
 import os
+import platform
 import shutil
 import signal
+import sys
 
 import pytest
 
@@ -32,3 +34,27 @@ def test_a_failed_restore_releases_the_workdir(source_run, tmp_path):
     train.train_and_evaluate(wider, run)
   assert not os.path.exists(os.path.join(run, workdir.LOCK))
   workdir.lock(run)()   # Free to take.
+
+
+@pytest.mark.parametrize("before, after", [
+    (None, "glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.hugetlb=0", None),   # The caller's own setting stays.
+    ("glibc.malloc.hugetlb=1", None),   # Started again already: no loop.
+])
+def test_jtl_starts_itself_again_with_malloc_on_huge_pages(before, after, monkeypatch):
+  from jtl import cli, start
+  if platform.libc_ver()[0] != "glibc":
+    after = None   # A glibc setting: elsewhere jtl starts once.
+  environ = {} if before is None else {"GLIBC_TUNABLES": before}
+  monkeypatch.setattr(os, "environ", environ)
+  execs = []
+  monkeypatch.setattr(os, "execve", lambda path, argv, env: execs.append((path, argv, env)))
+  monkeypatch.setattr(sys, "orig_argv", ["python", "/venv/bin/jtl", "sweep", "study.py"])
+  monkeypatch.setattr(cli, "main", lambda: 0)
+  assert start.main() == 0
+  if after is None:
+    assert execs == []
+  else:
+    assert execs == [(sys.executable, [sys.executable, "/venv/bin/jtl", "sweep", "study.py"],
+                      {"GLIBC_TUNABLES": after})]

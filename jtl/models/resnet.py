@@ -39,8 +39,8 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def _conv_bn(x, features, kernel, stride, use_running_average, names, dtype, param_dtype):
   """Bias-free conv then BatchNorm, both created in the calling module's scope."""
   p = kernel // 2  # PyTorch's padding=k//2 on every side, whatever the input size.
-  # ops.Conv: nn.Conv's parameters; with JTL_ONEDNN=1 computed by oneDNN on CPU (3x faster
-  # weight gradients than XLA:CPU's), else by XLA's convolution.
+  # ops.Conv: nn.Conv's parameters, computed by oneDNN on CPU (3x faster weight gradients
+  # than XLA:CPU's) unless JTL_ONEDNN=0 or the library is missing, else by XLA's convolution.
   x = ops.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
               use_bias=False, kernel_init=_conv_init, dtype=dtype,
               param_dtype=param_dtype, name=names[0])(x)

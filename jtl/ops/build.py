@@ -8,10 +8,12 @@ under $JTL_CACHE_DIR (default ~/.cache/jtl),
 keyed by the source, jax version and compiler command, so each machine builds
 it once (~4 s). Anything that goes wrong leaves `load()` returning () with
 a one-line notice on stderr; callers then use XLA's convolution.
-It is opt-in: JTL_ONEDNN=1 turns it on (one full test run out of four aborted inside
-a oneDNN call, on 2026-11-27; one way oneDNN crashes, creating a kernel with no memory
-map left, is now refused with an error, but that abort is not confirmed to be it, and
-tests/onednn_stress.py has not reproduced it); without it `load()` returns () silently.
+It is on by default; JTL_ONEDNN=0 turns it off (XLA's convolution everywhere). It was
+opt-in after one full test run out of four aborted inside a oneDNN call (2026-11-27). Since
+then every call runs one at a time and turns any C++ exception into a Python error, a kernel
+made with no memory map to spare is refused (oneDNN 2.6 segfaults there), and
+tests/onednn_stress.py runs 200 rounds of every direction from several threads and devices
+without an abort (README, "Speed and scale").
 """
 
 import ctypes
@@ -93,7 +95,7 @@ def load() -> tuple[str, ...]:
   Returns the dtypes they run: ("float32", "bfloat16"), ("float32",) where the
   CPU lacks bfloat16 kernels, or () when the library is unusable.
   """
-  if os.environ.get("JTL_ONEDNN") != "1":   # Opt-in: see README, "Speed and scale".
+  if os.environ.get("JTL_ONEDNN") == "0":   # The way out: see README, "Speed and scale".
     return ()
   try:
     library = ctypes.CDLL(str(build()))
@@ -102,6 +104,7 @@ def load() -> tuple[str, ...]:
                                   platform="cpu")
     bf16 = library.OnednnConvSupportsBfloat16() == 1
   except (BuildError, OSError, AttributeError, subprocess.TimeoutExpired) as e:
-    print(f"jtl: oneDNN convolutions unavailable ({e}); using XLA's.", file=sys.stderr)
+    print(f"jtl: oneDNN convolutions unavailable ({e}); using XLA's, which are slower on CPU "
+          "(apt-get install libdnnl-dev, or JTL_ONEDNN=0 to silence this).", file=sys.stderr)
     return ()
   return ("float32", "bfloat16") if bf16 else ("float32",)
