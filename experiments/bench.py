@@ -15,9 +15,12 @@ on: speed, first_step, pipeline, folder, frozen. breakdown, prefix (5 min of tra
 asked for.
   speed       train-step and inference images/s of jtl (jit(train.train_step), full fine-tune,
               SGD momentum) and of the same network in PyTorch eager (channels_last, a hand-built
-              ResNet with jtl's widths and strides, --torch_threads threads), timed in alternating
-              rounds; ratio = jtl/PyTorch. On a busy machine PyTorch's OpenMP threads lose far
-              more than XLA's (see the warning it prints): trust ratios from an idle machine.
+              ResNet with jtl's widths and strides, --torch_threads threads), each side in a
+              fresh process per round (bench_lib.in_processes: alone, as a user runs it; in one
+              process each side's allocator and threads slowed the other), sides alternating;
+              ratio = jtl/PyTorch, the median of the rounds' ratios. On a busy machine
+              PyTorch's OpenMP threads lose far more than XLA's (see the warning it prints):
+              trust ratios from an idle machine.
   breakdown   where the train step's time goes, in jtl and PyTorch alike: the step, the step with
               its convolutions swapped for stand-ins that cost one pass over their input and
               output, and the step with BatchNorm also reduced to its affine map; differences
@@ -79,10 +82,12 @@ import time
 from unittest import mock
 
 # What the parts share, beside this file; none of it imports jax before main sets XLA_FLAGS.
-from bench_lib import (ROOT, SHAPES, Jtl, Shape, Torch, TorchFolder, fmt, interleaved,
+import bench_lib
+from bench_lib import (ROOT, SHAPES, Jtl, Shape, TorchFolder, fmt, in_processes, interleaved,
                        jax_conv_passes, machine_info, make_state, paired_ratio, prefetch_to_device,
                        random_batch, random_variables, resnet_arch, table, timed_steps,
-                       torch_conv_passes, torch_version, write_jpeg_folder)
+                       torch_conv_passes,
+                       torch_version, write_jpeg_folder)
 
 # In the order they run; the first three share one model per shape.
 PARTS = ("speed", "breakdown", "pipeline", "folder", "frozen", "conv", "gpu", "first_step",
@@ -107,22 +112,21 @@ GPU_GOALS = {"synthetic": 5000, "pipeline": 3500}   # img/s on one H100.
 # Parts: each is run(args, shapes, jtl_of), prints its table and returns its results.
 # ---------------------------------------------------------------------------
 def speed(args, shapes: dict, jtl_of) -> dict:
-  """jtl and PyTorch train and inference steps in alternating rounds, per shape."""
-  import numpy as np
+  """jtl and PyTorch train and inference steps, each side in a fresh process per round, in
+  alternating rounds, per shape."""
   tv, out = torch_version(), {}
   for name, shape in shapes.items():
     print(f"speed: {name} ({shape}) ...", flush=True)
-    jtl = jtl_of(name)
-    fns = {"jtl_train": jtl.train, "jtl_infer": jtl.infer}
+    jtl = jtl_of(name)   # Here for its parameter count and compile times (and the next parts).
+    jtl.compile_train()
+    fns = {"jtl": ["train", "infer"]}
     if tv:
-      ref = Torch(shape, random_batch(shape, np.random.default_rng(0)), args.torch_threads)
-      if ref.params != jtl.params:
-        raise AssertionError(f"{shape}: PyTorch network has {ref.params:,} parameters, "
+      params = sum(p.numel() for p in bench_lib.torch_resnet(shape).parameters())
+      if params != jtl.params:
+        raise AssertionError(f"{shape}: PyTorch network has {params:,} parameters, "
                              f"jtl's {jtl.params:,}; they must be the same network.")
-      fns |= {"torch_train": ref.train, "torch_infer": ref.infer}
-    for fn in fns.values():
-      fn()  # Warm-up (jtl is compiled already).
-    times = interleaved(fns, args.repeats)
+      fns["torch"] = ["train", "infer"]
+    times = in_processes(shape, fns, args.repeats, args.least_s, args.torch_threads)
     med = {k: statistics.median(v) for k, v in times.items()}
     side = lambda who: {"train_img_s": shape.batch / med[f"{who}_train"],
                         "infer_img_s": shape.batch / med[f"{who}_infer"],
@@ -157,23 +161,14 @@ def speed(args, shapes: dict, jtl_of) -> dict:
 def breakdown(args, shapes: dict, jtl_of) -> dict:
   """Where a train step's time goes, in jtl and in PyTorch: the step as it is, with its
   convolutions swapped for stand-ins that cost one pass over their input and output, and with
-  BatchNorm also swapped for its affine map (no statistics), in alternating rounds."""
-  import numpy as np
-  from bench_lib import jtl_with_stand_ins
-  variants = {"step": (), "no_conv": ("conv",), "no_conv_bn": ("conv", "bn")}
+  BatchNorm also swapped for its affine map (no statistics); each side in a fresh process per
+  round, in alternating rounds."""
+  variants = ("train", "no_conv", "no_conv_bn")
   tv, out = torch_version(), {}
   for name, shape in shapes.items():
     print(f"breakdown: {name} ...", flush=True)
-    fns = {}
-    for variant, stand_ins in variants.items():
-      fns[f"jtl_{variant}"] = (jtl_of(name) if not stand_ins
-                               else jtl_with_stand_ins(shape, stand_ins)).train
-      if tv:
-        fns[f"torch_{variant}"] = Torch(shape, random_batch(shape, np.random.default_rng(0)),
-                                        args.torch_threads, stand_ins).train
-    for fn in fns.values():
-      fn()   # Warm-up.
-    times = interleaved(fns, args.repeats)
+    fns = {"jtl": list(variants)} | ({"torch": list(variants)} if tv else {})
+    times = in_processes(shape, fns, args.repeats, args.least_s, args.torch_threads)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     r = out[name] = {"shape": dataclasses.asdict(shape), "step_ms": ms, "rounds_s": times}
     for who in ("jtl", "torch") if tv else ("jtl",):
@@ -486,7 +481,8 @@ def first_step(args, shapes: dict, jtl_of) -> dict:
     runs = []
     for _ in range(2):   # The second with the files and libraries in the OS cache, as jtl's warm.
       stdout, launched, process_s = launch(
-          [sys.executable, os.path.join(ROOT, "experiments", "bench_lib.py"), json.dumps(spec)])
+          [sys.executable, os.path.join(ROOT, "experiments", "bench_lib.py"), "first_step",
+           json.dumps(spec)])
       at = float(stdout.split("first_step_at=")[1].split()[0])
       runs.append({"from_process_start_s": at - launched, "process_s": process_s})
     out["torch"] = runs
@@ -617,6 +613,7 @@ def parse(argv):
     parser.error("the conv part times jtl.ops' oneDNN convolutions, which JTL_ONEDNN=0 turns "
                  "off: run it without that variable")
   args.repeats = args.repeats or (2 if args.quick else 5)
+  args.least_s = 0.2 if args.quick else 2.0   # Seconds of timed calls per fn and process.
   return args
 
 

@@ -52,6 +52,68 @@ def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
   return times
 
 
+def in_processes(shape: Shape, fns: dict[str, list[str]], repeats: int, least_s: float,
+                 threads: int) -> dict[str, list[float]]:
+  """Seconds per call of each side's fns ({"jtl": ["train", "infer"], "torch": [...]}), one
+  fresh process per side and round (`measure`), the sides' order flipping every round: each
+  framework alone in its process, as a user runs it, with its own allocator and threads.
+  Measured here: jtl and PyTorch in one process slowed jtl's step up to 2x under huge-page
+  malloc, where alone it ran faster. Keys "SIDE_FN", one median per round."""
+  import json
+  import subprocess
+  import sys
+  times = {f"{side}_{fn}": [] for side, names in fns.items() for fn in names}
+  for r in range(repeats):
+    for side in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+      spec = {"shape": dataclasses.asdict(shape), "side": side, "fns": fns[side],
+              "least_s": least_s, "threads": threads}
+      run = subprocess.run([sys.executable, os.path.abspath(__file__), "measure", json.dumps(spec)],
+                           cwd=ROOT, capture_output=True, text=True)
+      if run.returncode:
+        raise RuntimeError(f"measuring {side} on {shape} failed:\n{run.stderr[-2000:]}")
+      for fn, seconds in json.loads(run.stdout.splitlines()[-1]).items():
+        times[f"{side}_{fn}"].append(seconds)
+  return times
+
+
+def measure(shape: Shape, side: str, fns: list[str], least_s: float, threads: int) -> dict:
+  """In a fresh process: the median seconds per call of each of `fns` ("train", "infer", or a
+  train step with stand-ins: "no_conv", "no_conv_bn") on `side`, each called once to warm up
+  and then until `least_s` seconds have passed (at least 2 calls)."""
+  import numpy as np
+  stand_ins = {"train": (), "infer": (), "no_conv": ("conv",), "no_conv_bn": ("conv", "bn")}
+  calls = {}
+  if side == "jtl":
+    from jtl import runtime
+    runtime.enable_compilation_cache()   # Rounds after the first skip most of the compile.
+    base = None
+    for fn in fns:
+      if stand_ins[fn]:
+        calls[fn] = jtl_with_stand_ins(shape, stand_ins[fn]).train
+      else:
+        base = base or Jtl(shape)
+        calls[fn] = base.train if fn == "train" else base.infer
+  else:
+    batch = random_batch(shape, np.random.default_rng(0))
+    base = None
+    for fn in fns:
+      if stand_ins[fn]:
+        calls[fn] = Torch(shape, batch, threads, stand_ins[fn]).train
+      else:
+        base = base or Torch(shape, batch, threads)
+        calls[fn] = base.train if fn == "train" else base.infer
+  out = {}
+  for fn, call in calls.items():
+    call()
+    seconds, started = [], time.perf_counter()
+    while len(seconds) < 2 or time.perf_counter() - started < least_s:
+      t = time.perf_counter()
+      call()
+      seconds.append(time.perf_counter() - t)
+    out[fn] = statistics.median(seconds)
+  return out
+
+
 def paired_ratio(a: list[float], b: list[float]) -> float:
   """Median over rounds of a[i] / b[i]."""
   return statistics.median(x / y for x, y in zip(a, b))
@@ -490,8 +552,12 @@ def table(header: list, rows: list, title: str = "") -> None:
 
 
 
-if __name__ == "__main__":   # bench.py's first_step part starts PyTorch's side this way.
+if __name__ == "__main__":   # bench.py starts its fresh processes this way.
   import json
   import sys
-  spec = json.loads(sys.argv[1])
-  print(f"first_step_at={torch_first_step(Shape(**spec.pop('shape')), **spec)!r}")
+  command, spec = sys.argv[1], json.loads(sys.argv[2])
+  shape = Shape(**spec.pop("shape"))
+  if command == "first_step":
+    print(f"first_step_at={torch_first_step(shape, **spec)!r}")
+  else:
+    print(json.dumps(measure(shape, **spec)))

@@ -10,12 +10,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
 
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+
+
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported lazily (it pulls in protobuf) and without torch:
+  tensorboardX imports torch whenever it is installed, only to accept its tensors, and that
+  took 1.7 s of every run's start on a 2-core Zen 5 (jtl writes floats)."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None   # `import torch` raises ImportError, which tensorboardX expects.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 class MetricWriter:
@@ -34,7 +50,7 @@ class MetricWriter:
     self.path = os.path.join(workdir, METRICS)
     self.kept = _truncate_after(self.path, resume_step, redo) if resume_step is not None else []
     self._jsonl = open(self.path, "a")
-    from tensorboardX import SummaryWriter  # Imported lazily: it pulls in protobuf.
+    SummaryWriter = _summary_writer()
     tb_dir = os.path.join(workdir, TENSORBOARD)
     if resume_step is not None:
       # TensorBoard events cannot be truncated: rebuild them from the kept rows, so a

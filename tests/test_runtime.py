@@ -58,3 +58,20 @@ def test_jtl_starts_itself_again_with_malloc_on_huge_pages(before, after, monkey
   else:
     assert execs == [(sys.executable, [sys.executable, "/venv/bin/jtl", "sweep", "study.py"],
                       {"GLIBC_TUNABLES": after})]
+
+
+def test_the_metric_writer_writes_tensorboard_without_importing_torch(tmp_path):
+  """tensorboardX imports torch whenever it is installed (1.7 s of a run's start); jtl's
+  writer keeps it out, the events are still written, and torch still imports afterwards.
+  A fresh process: pytest's own may have imported torch already."""
+  import subprocess
+  from jtl import writers
+  code = ("import sys; from jtl import writers; w = writers.MetricWriter(sys.argv[1]); "
+          "w.write(1, {'loss': 0.5}); w.close(); print('torch' in sys.modules); "
+          "import torch; print(torch.__name__)")
+  run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.split() == ["False", "torch"]
+  events = [p for p in (tmp_path / writers.TENSORBOARD).iterdir() if "tfevents" in p.name]
+  assert events and events[0].stat().st_size > 0
