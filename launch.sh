@@ -75,7 +75,7 @@ esac
 setup
 export PYTHONUNBUFFERED=1
 # glibc's malloc on transparent huge pages: XLA:CPU's step buffers are faulted in 2 MiB, not
-# 4 KiB, at a time (1.3-1.5x faster train steps here; see jtl/start.py). A hugetlb setting
+# 4 KiB, at a time (1.1-1.4x faster train steps here; see jtl/start.py). A hugetlb setting
 # of the caller's own is kept.
 [[ ${GLIBC_TUNABLES:-} == *glibc.malloc.hugetlb* ]] ||
   export GLIBC_TUNABLES=${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1

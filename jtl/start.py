@@ -1,12 +1,12 @@
 """The `jtl` command's entry point: glibc's malloc on huge pages, then jtl.cli.
 
-XLA:CPU allocates each step's activations afresh, and glibc maps every buffer over 32 MiB
-(and trims its arenas) straight back to the kernel, so each step faults its memory in again,
-4 KiB at a time. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, malloc asks for transparent
-huge pages (where /sys/kernel/mm/transparent_hugepage/enabled is `madvise` or `always`).
-Measured on a 2-core AMD EPYC Zen 5 (experiments/bench.py's shapes): kernel time per train
-step 107 -> 30 ms (small shape) and 580 -> 80 ms (ResNet-18, 224 px); the step 1.5x and 1.3x
-faster. glibc reads the setting only when a process starts, so `jtl` starts itself again
+XLA:CPU allocates each step's activations afresh, and glibc hands big buffers (over its mmap
+threshold, at most 32 MiB) and its arenas' free tops straight back to the kernel, so each
+step faults its memory in again, 4 KiB at a time. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+malloc asks for transparent huge pages (where /sys/kernel/mm/transparent_hugepage/enabled is
+`madvise` or `always`). Measured on a 2-core AMD EPYC Zen 5 (experiments/bench.py's shapes,
+medians of 3 fresh processes): kernel time per train step 92 -> 22 ms (small shape) and
+528 -> 140 ms (ResNet-18, 224 px); the step 158 -> 113 ms and 1677 -> 1492 ms. glibc reads the setting only when a process starts, so `jtl` starts itself again
 with it; launch.sh exports it for everything it runs. A `glibc.malloc.hugetlb` already in
 GLIBC_TUNABLES (0 turns it off) is left as it is.
 """
