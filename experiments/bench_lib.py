@@ -82,26 +82,18 @@ def measure(shape: Shape, side: str, fns: list[str], least_s: float, threads: in
   and then until `least_s` seconds have passed (at least 2 calls)."""
   import numpy as np
   stand_ins = {"train": (), "infer": (), "no_conv": ("conv",), "no_conv_bn": ("conv", "bn")}
-  calls = {}
   if side == "jtl":
     from jtl import runtime
     runtime.enable_compilation_cache()   # Rounds after the first skip most of the compile.
-    base = None
-    for fn in fns:
-      if stand_ins[fn]:
-        calls[fn] = jtl_with_stand_ins(shape, stand_ins[fn]).train
-      else:
-        base = base or Jtl(shape)
-        calls[fn] = base.train if fn == "train" else base.infer
+    build = lambda swapped: jtl_with_stand_ins(shape, swapped)
   else:
     batch = random_batch(shape, np.random.default_rng(0))
-    base = None
-    for fn in fns:
-      if stand_ins[fn]:
-        calls[fn] = Torch(shape, batch, threads, stand_ins[fn]).train
-      else:
-        base = base or Torch(shape, batch, threads)
-        calls[fn] = base.train if fn == "train" else base.infer
+    build = lambda swapped: Torch(shape, batch, threads, swapped)
+  models, calls = {}, {}   # "train" and "infer" share one model.
+  for fn in fns:
+    if stand_ins[fn] not in models:
+      models[stand_ins[fn]] = build(stand_ins[fn])
+    calls[fn] = models[stand_ins[fn]].infer if fn == "infer" else models[stand_ins[fn]].train
   out = {}
   for fn, call in calls.items():
     call()
@@ -200,9 +192,8 @@ def stand_in_conv(x, w, strides=(1, 1), padding="SAME"):
   import jax.numpy as jnp
   conv_module = importlib.import_module("jtl.ops.conv")   # jtl.ops.conv is also the function.
   strides = tuple(int(s) for s in strides)
-  (top, bottom), (left, right) = conv_module._pairs(x.shape, w.shape, strides, padding)
-  shape = (x.shape[0], (x.shape[1] + top + bottom - w.shape[0]) // strides[0] + 1,
-           (x.shape[2] + left + right - w.shape[1]) // strides[1] + 1, w.shape[3])
+  shape = conv_module.output_shape(x.shape, w.shape, strides,
+                                   conv_module._pairs(x.shape, w.shape, strides, padding))
   y = x.mean((1, 2, 3))[:, None, None, None] * w.sum((0, 1, 2))
   return jnp.broadcast_to(y, shape)
 

@@ -60,10 +60,15 @@ def _one_device(x) -> bool:
   return mesh is None or mesh.size <= 1   # An empty mesh (plain jit) has size 0.
 
 
-def _forward(x, w, strides, padding):
+def output_shape(x_shape, w_shape, strides, padding) -> tuple[int, int, int, int]:
+  """[N, OH, OW, O] of a convolution of `x_shape` with `w_shape`; `padding` as `_pairs` gives."""
   (top, bottom), (left, right) = padding
-  shape = (x.shape[0], (x.shape[1] + top + bottom - w.shape[0]) // strides[0] + 1,
-           (x.shape[2] + left + right - w.shape[1]) // strides[1] + 1, w.shape[3])
+  return (x_shape[0], (x_shape[1] + top + bottom - w_shape[0]) // strides[0] + 1,
+          (x_shape[2] + left + right - w_shape[1]) // strides[1] + 1, w_shape[3])
+
+
+def _forward(x, w, strides, padding):
+  shape = output_shape(x.shape, w.shape, strides, padding)
   onednn = functools.partial(_ffi, "jtl_onednn_conv_forward", shape,
                              strides=strides, padding=padding)
   return lax.platform_dependent(
