@@ -108,7 +108,7 @@ class Stem(nn.Module):
                          ("conv", "bn"), self.dtype, self.param_dtype))
     if not self.small:
       # Explicit padding in nn.max_pool pads with -inf, as PyTorch's MaxPool2d does.
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     return x
 
 

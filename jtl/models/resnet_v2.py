@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jtl import ops
 from jtl.models.resnet import layer_index
 
 # name -> (blocks per stage, width factor). BiT released R50x1, R50x3, R101x1,
@@ -101,7 +102,7 @@ class Stem(nn.Module):
     # Zeros, not -inf: this is what BiT's own code does, and it changes the
     # result wherever a window at the border holds only negative values.
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+    return ops.max_pool(x, (3, 3), (2, 2))
 
 
 class Stage(nn.Module):
