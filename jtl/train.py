@@ -203,7 +203,8 @@ def create_state(config, forward: model_build.Forward, variables: dict, phase: s
   fields, hparams = phase_fields(config, forward, phase, loaded, anchor is not None)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables["batch_stats"], opt_state=fields["tx"].init(params),
+                    batch_stats=variables["batch_stats"],
+                    opt_state=runtime.run_once(fields["tx"].init, params),
                     loss_fn=make_loss_fn(config.loss, num_classes),
                     accum_steps=config.optim.accum_steps, anchor=anchor, **fields), hparams
 
@@ -214,7 +215,8 @@ def switch_phase(state: TrainState, config, phase: strategy.Phase, steps_done: i
   optimizer (moments of labels that keep training carried over), frozen set, BatchNorm
   modes and penalties."""
   fields, hparams = phase_fields(config, state.apply_fn, phase, loaded, state.anchor is not None)
-  opt_state = optim.transplant(state.opt_state, fields["tx"].init(state.params), steps_done)
+  opt_state = optim.transplant(state.opt_state, runtime.run_once(fields["tx"].init, state.params),
+                               steps_done)
   return state.replace(opt_state=opt_state, **fields), hparams
 
 

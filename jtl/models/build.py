@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jtl import runtime
 from jtl.models import get_model
 
 
@@ -128,6 +129,7 @@ def build(config, meta: dict, num_classes: int, rng=None, *, abstract: bool = Fa
   init = functools.partial(model.init, train=False)
   dummy = jnp.zeros((1, size, size, channels))
   rng = jax.random.key(0) if rng is None else rng
-  variables = (jax.eval_shape(init, rng, dummy) if abstract else jax.jit(init)(rng, dummy))
+  variables = (jax.eval_shape(init, rng, dummy) if abstract
+               else runtime.run_once(init, rng, dummy))
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   return Built(model, forward(model, mean, std), variables, arch, mean, std)
