@@ -18,7 +18,9 @@ asked for.
               ResNet with jtl's widths and strides, --torch_threads threads), each side in a
               fresh process per round (bench_lib.in_processes: alone, as a user runs it; in one
               process each side's allocator and threads slowed the other), sides alternating;
-              ratio = jtl/PyTorch, the median of the rounds' ratios. On a busy machine
+              PyTorch under both of glibc's malloc settings, the faster kept (huge pages help
+              it at 28 px and hurt it at 224 px); ratio = jtl/PyTorch, the median of the
+              rounds' ratios. On a busy machine
               PyTorch's OpenMP threads lose far more than XLA's (see the warning it prints):
               trust ratios from an idle machine.
   breakdown   where the train step's time goes, in jtl and PyTorch alike: the step, the step with

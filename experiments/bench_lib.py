@@ -58,7 +58,8 @@ def in_processes(shape: Shape, fns: dict[str, list[str]], repeats: int, least_s:
   fresh process per side and round (`measure`), the sides' order flipping every round: each
   framework alone in its process, as a user runs it, with its own allocator and threads.
   Measured here: jtl and PyTorch in one process slowed jtl's step up to 2x under huge-page
-  malloc, where alone it ran faster. Keys "SIDE_FN", one median per round."""
+  malloc, where alone it ran faster. PyTorch runs under both malloc settings each round, and
+  the faster counts (TORCH_HUGETLB). Keys "SIDE_FN", one median per round."""
   import json
   import subprocess
   import sys
@@ -67,13 +68,31 @@ def in_processes(shape: Shape, fns: dict[str, list[str]], repeats: int, least_s:
     for side in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
       spec = {"shape": dataclasses.asdict(shape), "side": side, "fns": fns[side],
               "least_s": least_s, "threads": threads}
-      run = subprocess.run([sys.executable, os.path.abspath(__file__), "measure", json.dumps(spec)],
-                           cwd=ROOT, capture_output=True, text=True)
-      if run.returncode:
-        raise RuntimeError(f"measuring {side} on {shape} failed:\n{run.stderr[-2000:]}")
-      for fn, seconds in json.loads(run.stdout.splitlines()[-1]).items():
-        times[f"{side}_{fn}"].append(seconds)
+      runs = []
+      for hugetlb in TORCH_HUGETLB if side == "torch" else (None,):
+        env = os.environ if hugetlb is None else with_hugetlb(os.environ, hugetlb)
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "measure",
+                              json.dumps(spec)], cwd=ROOT, capture_output=True, text=True, env=env)
+        if run.returncode:
+          raise RuntimeError(f"measuring {side} on {shape} failed:\n{run.stderr[-2000:]}")
+        runs.append(json.loads(run.stdout.splitlines()[-1]))
+      for fn in fns[side]:
+        times[f"{side}_{fn}"].append(min(seconds[fn] for seconds in runs))
   return times
+
+
+# PyTorch under both of glibc's malloc settings, the faster kept per round: on a 2-core Zen 5
+# huge pages (what launch.sh gives jtl) sped its 28 px step up (85-98 against 98-134 ms) and
+# slowed its 224 px step down (1.13-1.64 against 1.07-1.44 s). Before 2026-12-07 it ran with
+# huge pages only, which flattered jtl at 224 px.
+TORCH_HUGETLB = ("1", "0")
+
+
+def with_hugetlb(environ, value: str) -> dict:
+  """`environ` with GLIBC_TUNABLES's glibc.malloc.hugetlb set to `value`, the rest kept."""
+  kept = [t for t in environ.get("GLIBC_TUNABLES", "").split(":")
+          if t and not t.startswith("glibc.malloc.hugetlb=")]
+  return {**environ, "GLIBC_TUNABLES": ":".join([*kept, f"glibc.malloc.hugetlb={value}"])}
 
 
 def measure(shape: Shape, side: str, fns: list[str], least_s: float, threads: int) -> dict:

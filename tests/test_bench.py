@@ -225,3 +225,26 @@ def test_bench_refuses_before_it_starts(argv, message, monkeypatch, capsys):
   with pytest.raises(SystemExit):
     bench.main(argv)
   assert message in capsys.readouterr().err
+
+
+def test_pytorch_is_timed_under_both_malloc_settings_and_the_faster_counts(monkeypatch):
+  """Huge pages speed PyTorch's step up at one shape and slow it down at another: each round
+  times it both ways and keeps the faster, while jtl runs as launch.sh starts it."""
+  assert bench_lib.with_hugetlb({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.x=2"}, "0") == {
+      "GLIBC_TUNABLES": "glibc.x=2:glibc.malloc.hugetlb=0"}
+  assert bench_lib.with_hugetlb({}, "1") == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  seen = []
+
+  def run(cmd, env=None, **kwargs):
+    side = json.loads(cmd[-1])["side"]
+    tunables = (env or os.environ).get("GLIBC_TUNABLES", "")
+    seen.append((side, tunables))
+    seconds = 1.0 if side == "jtl" else (2.0 if tunables.endswith("hugetlb=1") else 3.0)
+    return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps({"train": seconds}), stderr="")
+
+  monkeypatch.setattr(subprocess, "run", run)
+  times = bench_lib.in_processes(bench_lib.SHAPES["small"], {"jtl": ["train"], "torch": ["train"]},
+                                 repeats=2, least_s=0.0, threads=2)
+  assert times == {"jtl_train": [1.0, 1.0], "torch_train": [2.0, 2.0]}
+  torch_runs = [t for side, t in seen if side == "torch"]
+  assert sorted(torch_runs) == sorted(["glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=0"] * 2)
