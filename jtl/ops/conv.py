@@ -67,10 +67,22 @@ def output_shape(x_shape, w_shape, strides, padding) -> tuple[int, int, int, int
           (x_shape[2] + left + right - w_shape[1]) // strides[1] + 1, w_shape[3])
 
 
+# oneDNN takes weights as OHWI: it reorders those into its blocked layouts with a jit kernel,
+# ~15x faster than the generic one that HWIO gets (onednn_conv.cc); XLA's transpose is cheaper.
+def _ohwi(w):
+  return jnp.transpose(w, (3, 0, 1, 2))
+
+
+def _hwio(w):
+  return jnp.transpose(w, (1, 2, 3, 0))
+
+
 def _forward(x, w, strides, padding):
   shape = output_shape(x.shape, w.shape, strides, padding)
-  onednn = functools.partial(_ffi, "jtl_onednn_conv_forward", shape,
-                             strides=strides, padding=padding)
+
+  def onednn(x, w):
+    return _ffi("jtl_onednn_conv_forward", shape, x, _ohwi(w), strides, padding)
+
   return lax.platform_dependent(
       x, w, cpu=onednn, default=functools.partial(_xla_conv, strides=strides, padding=padding))
 
@@ -92,11 +104,12 @@ def _onednn_conv_bwd(strides, padding, residuals, dy):
     return vjp(dy)
 
   def onednn(dy, x, w):
-    dx = _ffi("jtl_onednn_conv_backward_data", x.shape, dy, w, strides, padding,
+    dx = _ffi("jtl_onednn_conv_backward_data", x.shape, dy, _ohwi(w), strides, padding,
               jax.typeof(x).sharding)
-    dw = _ffi("jtl_onednn_conv_backward_weights", w.shape, x, dy, strides, padding,
+    kh, kw, c, o = w.shape
+    dw = _ffi("jtl_onednn_conv_backward_weights", (o, kh, kw, c), x, dy, strides, padding,
               jax.typeof(w).sharding)
-    return dx, dw
+    return dx, _hwio(dw)
 
   return lax.platform_dependent(dy, x, w, cpu=onednn, default=xla)
 
