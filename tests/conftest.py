@@ -6,6 +6,7 @@ pyproject.toml); `./launch.sh test` runs them all, as CI does.
 """
 
 import collections
+import os
 
 import pytest
 
@@ -21,7 +22,11 @@ def caches(tmp_path_factory):
   os.environ, so that the processes the tests start use them too."""
   from jtl import runtime
   from jtl.data import sources
-  root = tmp_path_factory.mktemp("caches")
+  # Under pytest-xdist (-n), the workers of one session share one folder: a program one
+  # worker compiled, another reads. The caches' writes are atomic renames.
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent / "caches" if os.environ.get("PYTEST_XDIST_WORKER") else base / "caches"
+  root.mkdir(exist_ok=True)
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("JTL_COMPILATION_CACHE", str(root / "xla"))
     mp.setenv("JTL_PREFIX_CACHE", str(root / "prefix"))

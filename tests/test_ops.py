@@ -28,7 +28,7 @@ def test_onednn_is_on_by_default_and_JTL_ONEDNN_0_turns_it_off(value, expected):
 
 @pytest.mark.slow   # A whole test session in a fresh process.
 def test_onednn_convolutions_match_xla_in_a_fresh_process():
-  run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+  run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                         "tests/onednn_checks.py"], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, JTL_ONEDNN="1"), timeout=900)
   assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
