@@ -13,9 +13,6 @@
 // jtl/ops/conv.py compiles this file; see there for the command.
 
 #include <algorithm>
-#include <condition_variable>
-#include <functional>
-#include <thread>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -28,7 +25,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <system_error>
 #include <unordered_map>
 #include <vector>
 
@@ -188,60 +184,6 @@ struct Buffer {
   }
 };
 
-// The one thread that runs every oneDNN call. oneDNN (Debian's build) parallelizes with
-// OpenMP, and libgomp gives each thread that enters a parallel region a team of its own:
-// called from whichever XLA thread runs the custom call, the process gathered several
-// teams, whose idle workers spin while another team computes. On a 2-core Zen 5 that made
-// some ResNet-18 convolutions run at half speed inside a train step. One calling thread,
-// one team.
-class Worker {
- public:
-  static Worker& Get() {
-    static Worker* worker = new Worker;   // Never destroyed: its thread outlives main().
-    return *worker;
-  }
-
-  // Runs `task` on the worker thread and waits for it; callers take turns. Where the thread
-  // could not start, `task` runs on the caller's.
-  void Run(const std::function<void()>& task) {
-    std::lock_guard<std::mutex> one_caller(caller_);
-    if (!started_) return task();
-    std::unique_lock<std::mutex> lock(mutex_);
-    task_ = &task;
-    wake_.notify_one();
-    done_.wait(lock, [this] { return task_ == nullptr; });
-  }
-
- private:
-  Worker() {
-    try {
-      std::thread([this] { Loop(); }).detach();
-      started_ = true;
-    } catch (const std::system_error&) {   // No thread to be had (memory maps, limits).
-    }
-  }
-
-  void Loop() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    for (;;) {
-      wake_.wait(lock, [this] { return task_ != nullptr; });
-      lock.unlock();
-      (*task_)();   // Must not throw: Conv's task catches everything.
-      lock.lock();
-      task_ = nullptr;
-      done_.notify_one();
-    }
-  }
-
-  std::mutex caller_, mutex_;
-  std::condition_variable wake_, done_;
-  const std::function<void()>* task_ = nullptr;
-  bool started_ = false;
-};
-
-// Started when the library is loaded, before a process can run short of threads or maps.
-const Worker& kWorker = Worker::Get();
-
 memory::data_type ToDnnl(ffi::DataType dtype) {
   switch (dtype) {
     case ffi::DataType::F32: return memory::data_type::f32;
@@ -289,52 +231,49 @@ ffi::Error Conv(ffi::AnyBuffer in0, ffi::AnyBuffer in1,
   s.pad_l = {padding[0], padding[2]};
   s.pad_r = {padding[1], padding[3]};
 
-  // One convolution at a time, on one thread (Worker): each already spreads over every
-  // core through OpenMP.
-  std::string failure;
-  auto task = [&] {
-    try {
-      const Plan& plan = GetPlan(kind, s);
-      const dnnl::engine& engine = Engine();
-      thread_local dnnl::stream stream(engine);
-      thread_local Buffer scratch, blocked_weights;
-      memory user_weights(plan.user_weights, engine, weights);
-      memory conv_weights = user_weights;
-      if (plan.reorder) {
-        conv_weights = memory(plan.weights, engine,
-                              blocked_weights.Get(plan.weights.get_size()));
-        if (kind != Kind::kBackwardWeights)
-          plan.reorder->execute(stream, user_weights, conv_weights);
-      }
-      std::unordered_map<int, memory> args;
-      if (plan.scratch_bytes > 0) {
-        memory::desc bytes({static_cast<int64_t>(plan.scratch_bytes)}, memory::data_type::u8, Tag::x);
-        args.insert({DNNL_ARG_SCRATCHPAD, memory(bytes, engine, scratch.Get(plan.scratch_bytes))});
-      }
-      memory src_mem(memory::desc(s.src, s.dtype, Tag::nhwc), engine, src);
-      memory dst_mem(memory::desc(s.dst, s.dtype, Tag::nhwc), engine, dst);
-      if (kind == Kind::kForward) {
-        args.insert({{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, conv_weights},
-                     {DNNL_ARG_DST, dst_mem}});
-      } else if (kind == Kind::kBackwardData) {
-        args.insert({{DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_WEIGHTS, conv_weights},
-                     {DNNL_ARG_DIFF_DST, dst_mem}});
-      } else {
-        args.insert({{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_WEIGHTS, conv_weights},
-                     {DNNL_ARG_DIFF_DST, dst_mem}});
-      }
-      plan.conv.execute(stream, args);
-      if (plan.reorder && kind == Kind::kBackwardWeights)
-        plan.reorder->execute(stream, conv_weights, user_weights);
-      stream.wait();
-    } catch (const std::exception& e) {  // dnnl::error, bad_alloc: an error for Python, not an abort.
-      failure = std::string("onednn conv: ") + e.what();
-    } catch (...) {
-      failure = "onednn conv: unknown C++ exception";
+  // One convolution at a time: each already spreads over every core through OpenMP,
+  // and concurrent OpenMP regions from XLA's threads are one suspect of a rare abort.
+  static std::mutex running;
+  std::lock_guard<std::mutex> one_at_a_time(running);
+  try {
+    const Plan& plan = GetPlan(kind, s);
+    const dnnl::engine& engine = Engine();
+    thread_local dnnl::stream stream(engine);
+    thread_local Buffer scratch, blocked_weights;
+    memory user_weights(plan.user_weights, engine, weights);
+    memory conv_weights = user_weights;
+    if (plan.reorder) {
+      conv_weights = memory(plan.weights, engine,
+                            blocked_weights.Get(plan.weights.get_size()));
+      if (kind != Kind::kBackwardWeights)
+        plan.reorder->execute(stream, user_weights, conv_weights);
     }
-  };
-  Worker::Get().Run(task);
-  if (!failure.empty()) return ffi::Error::Internal(failure);
+    std::unordered_map<int, memory> args;
+    if (plan.scratch_bytes > 0) {
+      memory::desc bytes({static_cast<int64_t>(plan.scratch_bytes)}, memory::data_type::u8, Tag::x);
+      args.insert({DNNL_ARG_SCRATCHPAD, memory(bytes, engine, scratch.Get(plan.scratch_bytes))});
+    }
+    memory src_mem(memory::desc(s.src, s.dtype, Tag::nhwc), engine, src);
+    memory dst_mem(memory::desc(s.dst, s.dtype, Tag::nhwc), engine, dst);
+    if (kind == Kind::kForward) {
+      args.insert({{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, conv_weights},
+                   {DNNL_ARG_DST, dst_mem}});
+    } else if (kind == Kind::kBackwardData) {
+      args.insert({{DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_WEIGHTS, conv_weights},
+                   {DNNL_ARG_DIFF_DST, dst_mem}});
+    } else {
+      args.insert({{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_WEIGHTS, conv_weights},
+                   {DNNL_ARG_DIFF_DST, dst_mem}});
+    }
+    plan.conv.execute(stream, args);
+    if (plan.reorder && kind == Kind::kBackwardWeights)
+      plan.reorder->execute(stream, conv_weights, user_weights);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
+  } catch (const std::exception& e) {  // e.g. bad_alloc: an error for Python, not an abort.
+    return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
+  }
   return ffi::Error::Success();
 }
 
