@@ -1,7 +1,7 @@
 r"""Domain adaptation against the baselines that matter: AdaBN, test-time adaptation and a few
 target labels, with every knob chosen on shifts other than the one reported.
 
-  ./launch.sh experiments/adaptation_baselines.py [--jobs 2]
+  ./launch.sh experiments/adaptation_baselines.py
   ./launch.sh report runs/adaptation_baselines
 
 It replaces experiments/domain_adaptation.py and domain_adaptation_weights.py (deleted;

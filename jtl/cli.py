@@ -160,6 +160,10 @@ def _positive_int(text: str) -> int:
   return int(text)
 
 
+def _jobs(text: str) -> int | str:
+  return text if text == "auto" else _positive_int(text)
+
+
 def sweep_arguments(p: argparse.ArgumentParser, study_file: bool = True) -> None:
   """`jtl sweep`'s arguments; a study file run as a script takes them without STUDY.py."""
   if study_file:
@@ -178,9 +182,11 @@ def sweep_arguments(p: argparse.ArgumentParser, study_file: bool = True) -> None
                  help='with --slurm: options for sbatch, e.g. --sbatch="-p cpu -t 60"')
   p.add_argument("--resubmit", action="store_true",
                  help="with --slurm: submit cells again that an earlier array holds")
-  p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+  p.add_argument("--jobs", type=_jobs, default="auto", metavar="N",
                  help="run up to N cells of a stage side by side, each in its own worker "
-                 "process (default 1; results are those of the serial run)")
+                 "process; results are those of the serial run. Default auto: one per CPU "
+                 "core, at most 4 and one per 4 GiB of memory; 1 on a GPU or TPU "
+                 "(jtl/workers.py)")
   p.add_argument("--diagnose", action="store_true",
                  help="per transfer cell: weight drift and CKA per stage and a feature "
                  "picture, written to its workdir and shown by the report")

@@ -21,6 +21,9 @@ class Preempted(Exception):
     super().__init__(message)
     self.code = code
 
+  def __reduce__(self):   # A sweep's worker process sends it back to the sweep (jtl/workers.py).
+    return type(self), (str(self), self.code)
+
 
 class Preemption:
   """Turns SIGTERM (a preempted VM) and a first Ctrl-C into a flag the loop checks after

@@ -35,6 +35,7 @@ from its checkpoint. Each finished cell appends one row to DIR/results.jsonl, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -408,10 +409,11 @@ def provenance(argv: Sequence[str]) -> dict:
 
 
 def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool = False,
-        jobs: int = 1, log=print) -> list[dict]:
+        jobs: int | str = 1, log=print) -> list[dict]:
   """Runs every unfinished cell of `study` under `root`; returns results.jsonl's rows.
   `jobs`: cells of a stage run side by side in that many worker processes (a small cell
-  cannot fill a machine's cores), with the results of the serial run.
+  cannot fill a machine's cores), with the results of the serial run; "auto" is
+  `workers.auto_jobs()` (jtl sweep's default).
   `diagnose`: also write each report-stage cell's drift, CKA and feature picture
   (jtl/diagnose/after.py), for cells finished earlier too."""
   checked = validate(study, root)
@@ -431,16 +433,17 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
       print(f"# all {len(checked)} cells of study {study.name} are finished in {root}; "
             "nothing to run.")
     return read_results(root)
-  from jtl import runtime
+  from jtl import runtime, workers
   os.makedirs(root, exist_ok=True)
   runtime.enable_compilation_cache()
   write_study_json(study, root, sys.argv)
   recorded = {(r["stage"], r["cell"]) for r in read_results(root)}
+  jobs = min(workers.auto_jobs() if jobs == "auto" else jobs, max(len(todo), 1))
   log(f"jtl sweep {study.name}: {len(checked)} cells, {len(checked) - len(todo)} finished, "
-      f"{len(todo)} to run, in {root}" + (f" (budget: {study.budget})" if study.budget else ""))
+      f"{len(todo)} to run, in {root}" + (f", {jobs} at a time" if jobs > 1 else "")
+      + (f" (budget: {study.budget})" if study.budget else ""))
   t0, ran, i = time.time(), 0, 0
-  pool = _pool(jobs) if jobs > 1 else None
-  try:
+  with workers.Workers(jobs, _run_cell) if jobs > 1 else contextlib.nullcontext() as pool:
     for stage in study.stages:
       # Made again stage by stage: a Tuned field is chosen once its tuning stage has run.
       stage_cells = [c for c in cells(study, root) if c.stage == stage.name]
@@ -453,7 +456,7 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
       # A stage's cells are independent of each other (a template or Tuned field names
       # earlier stages only), so up to `jobs` of them run at once; rows are appended in the
       # cells' own order, so results.jsonl reads as a serial run's.
-      done = pool.imap(_run_cell, unfinished) if pool else map(_run_cell, unfinished)
+      done = pool.imap(unfinished) if pool else map(_run_cell, unfinished)
       to_run = {c.name for c in unfinished}   # Not `cell.finished`: a worker may finish it first.
       for cell in stage_cells:
         i += 1
@@ -473,9 +476,6 @@ def run(study: Study, root: str, *, print_commands: bool = False, diagnose: bool
             after.diagnose_run(cell.workdir)
           except (ValueError, OSError) as e:   # The result stands; say why its picture does not.
             log(f"  no diagnostics for {cell.stage}/{cell.name}: {first_line(e)}")
-  finally:
-    if pool:
-      pool.terminate()
   return read_results(root)
 
 
@@ -507,18 +507,6 @@ def _run_cell(cell: Cell) -> str | None:
     # cache makes the next cell's compile a lookup.
     jax.clear_caches()
   return None
-
-
-def _pool(jobs: int):
-  """`jobs` worker processes, started fresh (spawn: JAX's threads do not survive a fork), each
-  importing jtl once and training the cells it is given one after another."""
-  import multiprocessing
-  return multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init)
-
-
-def _worker_init() -> None:
-  from jtl import runtime
-  runtime.enable_compilation_cache()
 
 
 def _stale(workdir: str, name: str) -> bool:

@@ -23,7 +23,7 @@ FLOORS = {
     # 3: the trainer and what reads one model.
     "jtl.train": 3, "jtl.dry_run": 3, "jtl.predict": 3,
     # 4: studies, their reports, diagnostics.
-    "jtl.sweep": 4, "jtl.slurm": 4, "jtl.report": 4, "jtl.diagnose": 4,
+    "jtl.sweep": 4, "jtl.workers": 4, "jtl.slurm": 4, "jtl.report": 4, "jtl.diagnose": 4,
     # 5: the command line.
     "jtl.cli": 5, "jtl.main": 5, "jtl.start": 5,
 }

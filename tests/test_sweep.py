@@ -85,7 +85,7 @@ def test_a_sweep_killed_after_its_first_cell_does_not_redo_it(tmp_path):
   results = root / sweep.RESULTS
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.Popen([sys.executable, "-m", "jtl.cli", "sweep", study_file,
-                           f"--workdir={root}"], cwd=ROOT, env=env,
+                           f"--workdir={root}", "--jobs=1"], cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
