@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 
@@ -133,6 +134,12 @@ def _call(fn_item):
     return fn(item)
   except runtime.Preempted as e:   # Its training loop took the signal: start no other cell.
     _stopped.append(signal.SIGTERM if e.code == _CODES[signal.SIGTERM] else signal.SIGINT)
+    raise
+  except Exception as e:
+    try:   # The sweep must be able to read it back: one that does not unpickle hangs the pool.
+      pickle.loads(pickle.dumps(e))
+    except Exception:
+      raise RuntimeError(f"{type(e).__name__}: {e}") from None
     raise
   finally:
     _busy[0] = False

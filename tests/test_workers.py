@@ -30,6 +30,15 @@ def test_a_preempted_cell_keeps_its_line_and_exit_code_across_processes():
   assert isinstance(e, runtime.Preempted) and str(e).startswith("SIGTERM at step 3") and e.code == 143
 
 
+def drain(results, timeout=60):
+  """Every result, failing rather than hanging when one never comes back."""
+  while True:
+    try:
+      results.next(timeout=timeout)
+    except StopIteration:
+      return
+
+
 def train_until_stopped(item):
   """A stand-in cell: trains until a stop signal, then stops as the trainer does."""
   name, ready_dir = item
@@ -53,12 +62,27 @@ def test_ctrl_c_reaches_each_busy_worker_once_and_queued_cells_do_not_start(tmp_
         time.sleep(0.05)
       assert sorted(os.listdir(tmp_path)) == ["a", "b"]
       os.kill(os.getpid(), signal.SIGINT)   # As a terminal's Ctrl-C reaches the sweep alone.
-      list(results)
+      drain(results)
   # The first cell's own line: it finished its step, so one Ctrl-C was not taken as two.
   assert stopped.value.code == 130 and str(stopped.value).startswith("Ctrl-C at step ")
   assert "W/a" in str(stopped.value)
   assert sorted(os.listdir(tmp_path)) == ["a", "b"]   # c and d never started.
   assert signal.getsignal(signal.SIGINT) == before   # Put back.
+
+
+class Unreadable(Exception):
+  def __init__(self, message, detail):   # pickle rebuilds it with one argument: fails
+    super().__init__(message)
+
+
+def fail_unreadably(item):
+  raise Unreadable(f"cell {item} failed", "detail")
+
+
+def test_a_cells_error_that_does_not_unpickle_comes_back_as_its_message():
+  with pytest.raises(RuntimeError, match="Unreadable: cell x failed"):
+    with workers.Workers(2, fail_unreadably) as pool:
+      drain(pool.imap(["x"]))
 
 
 @pytest.mark.slow
