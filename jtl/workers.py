@@ -6,10 +6,10 @@ of a stage in `auto_jobs()` worker processes unless `--jobs` says otherwise.
 
 Stopping keeps a single run's contract:
 - Ctrl-C or SIGTERM reaches the sweep (the workers have a process group of their own, so a
-  terminal's Ctrl-C is not delivered twice); it passes the signal on to every worker once.
-  A worker inside its training loop finishes the step, writes a checkpoint and stops
-  (runtime.Preemption); one between cells starts no other. The sweep then exits 130 or 143
-  with the first cell's line; a second Ctrl-C stops everything at once.
+  terminal's Ctrl-C is not delivered twice); it passes it on to every worker once, as
+  Ctrl-C. A worker inside its training loop finishes the step, writes a checkpoint and stops
+  (runtime.Preemption); one between cells starts no other. The sweep then exits 130 (143
+  after SIGTERM) with the first cell's line; a second Ctrl-C stops everything at once.
 - A worker whose sweep died (even by SIGKILL) gets SIGTERM from the kernel and stops the same
   way, so no cell trains on for a sweep that is gone.
 
@@ -24,6 +24,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
@@ -52,13 +53,17 @@ class Workers:
   """`jobs` fresh worker processes (spawn: JAX's threads do not survive a fork), each
   importing jtl once and running `fn` on the items it is given, with stop signals passed on
   as the module docstring says. A context manager: leaving it puts the sweep's own signal
-  handlers back and lets the workers finish their checkpoints (at once after a second
-  Ctrl-C or an error)."""
+  handlers back; the workers end when their queue does, or, after a stop signal or an error,
+  once their cells have checkpointed (at most `grace_s`); at once after a second Ctrl-C.
 
-  def __init__(self, jobs: int, fn):
-    self._fn = fn
+  multiprocessing's `Pool.terminate` is not used: it takes the task queue's lock and then
+  relies on SIGTERM killing every worker, while a worker here turns SIGTERM into a
+  checkpoint; a worker killed while it holds that lock would block the others."""
+
+  def __init__(self, jobs: int, fn, grace_s: float = 600):
+    self._fn, self._grace_s = fn, grace_s
     self._pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init)
-    self.signals = 0
+    self.first_signal, self.signals = None, 0
     self._previous = {sig: signal.signal(sig, self._pass_on) for sig in STOP_SIGNALS}
 
   def imap(self, items):
@@ -67,13 +72,19 @@ class Workers:
 
   def _pass_on(self, signum, frame):
     self.signals += 1
-    for child in multiprocessing.active_children():
-      try:
-        os.kill(child.pid, signum)
-      except ProcessLookupError:
-        pass
+    self.first_signal = self.first_signal or signum
+    # As SIGINT whatever came: a worker between cells keeps it as a flag (SIGTERM would end
+    # it, maybe while it holds the queue's lock); the exit code is put right in __exit__.
+    self._signal_workers(signal.SIGINT)
     if self.signals > 1:   # As in a single run: the second Ctrl-C does not wait.
       raise KeyboardInterrupt
+
+  def _signal_workers(self, signum):
+    for process in self._pool._pool:   # The pool's worker processes (a stable attribute).
+      try:
+        os.kill(process.pid, signum)
+      except (ProcessLookupError, TypeError):   # Gone, or not started.
+        pass
 
   def __enter__(self):
     return self
@@ -81,23 +92,42 @@ class Workers:
   def __exit__(self, exc_type, exc, tb):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-    if self.signals == 1 and exc_type is not KeyboardInterrupt:
-      self._pool.close()   # Each worker ends its cell's checkpoint; queued cells refuse to start.
-      self._pool.join()
+    if exc_type is not KeyboardInterrupt:   # Not a second Ctrl-C: the workers end cleanly.
+      if exc_type is not None and not self.signals:   # An error: other cells stop as at Ctrl-C.
+        self._signal_workers(signal.SIGINT)
+      self._pool.close()   # No more cells; each worker ends its cell (checkpointed) and exits.
+      deadline = time.time() + self._grace_s
+      for process in list(self._pool._pool):
+        process.join(max(0.0, deadline - time.time()))
+    if any(process.exitcode is None for process in self._pool._pool):
+      from multiprocessing.pool import TERMINATE
+      self._pool._worker_handler._state = TERMINATE   # Else it would start new workers.
+      self._pool._worker_handler.join(5)
+      self._signal_workers(signal.SIGKILL)
+      self._pool._terminate.cancel()   # Its clean-up would wait on a dead worker's lock.
     else:
-      self._pool.terminate()
+      self._pool.join()
+    if (self.first_signal == signal.SIGTERM and exc_type is not KeyboardInterrupt
+        and isinstance(exc, _runtime().Preempted)):
+      raise _runtime().Preempted(str(exc).replace("Ctrl-C", "SIGTERM", 1), 143) from None
+
+
+def _runtime():
+  from jtl import runtime
+  return runtime
 
 
 # ---------------------------------------------------------------------------
 # Inside a worker.
 # ---------------------------------------------------------------------------
 _stopped: list[int] = []    # The stop signal that reached this worker, if one did.
-_busy: list[bool] = [False]
+_parent: list[int] = []     # The sweep's process id.
 
 
 def _worker_init() -> None:
   from jtl import runtime
   runtime.enable_compilation_cache()
+  _parent.append(os.getppid())
   os.setpgrp()   # A terminal's Ctrl-C goes to the sweep alone, which passes it on once.
   if sys.platform.startswith("linux"):   # SIGTERM from the kernel when the sweep dies.
     import ctypes
@@ -105,34 +135,42 @@ def _worker_init() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:   # It died before the line above.
       os._exit(143)
-  for sig in STOP_SIGNALS:
-    signal.signal(sig, _stop_between_cells)
+  _between_cells()
 
 
-def _stop_between_cells(signum, frame):
-  """A stop signal outside a training loop (which takes its own): remember it, and end a
-  cell that is setting up or evaluating."""
+def _between_cells() -> None:
+  """An idle worker keeps a Ctrl-C as a flag and starts no other cell; SIGTERM (its sweep
+  died) ends it."""
+  signal.signal(signal.SIGINT, _remember)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _remember(signum, frame):
   _stopped.append(signum)
-  if _busy[0]:
-    raise _not_finished(signum, "before the end of its cell")
+
+
+def _in_a_cell(signum, frame):
+  """A stop signal inside a cell but outside its training loop (which takes its own):
+  the cell ends, unfinished, and no other starts."""
+  _stopped.append(signum)
+  raise _not_finished(signum, "before the end of its cell")
 
 
 def _not_finished(signum: int, when: str):
-  from jtl import runtime
-  return runtime.Preempted(f"{_NAMES[signum]} {when}: rerun the same command to go on (a "
-                           "sweep keeps its finished cells, and a cell resumes from its last "
-                           "checkpoint).", _CODES[signum])
+  return _runtime().Preempted(f"{_NAMES[signum]} {when}: rerun the same command to go on (a "
+                              "sweep keeps its finished cells, and a cell resumes from its "
+                              "last checkpoint).", _CODES[signum])
 
 
 def _call(fn_item):
   fn, item = fn_item
   if _stopped:
     raise _not_finished(_stopped[0], "before a cell started")
-  from jtl import runtime
-  _busy[0] = True
+  for sig in STOP_SIGNALS:
+    signal.signal(sig, _in_a_cell)
   try:
     return fn(item)
-  except runtime.Preempted as e:   # Its training loop took the signal: start no other cell.
+  except _runtime().Preempted as e:   # Its training loop took the signal: start no other cell.
     _stopped.append(signal.SIGTERM if e.code == _CODES[signal.SIGTERM] else signal.SIGINT)
     raise
   except Exception as e:
@@ -142,4 +180,6 @@ def _call(fn_item):
       raise RuntimeError(f"{type(e).__name__}: {e}") from None
     raise
   finally:
-    _busy[0] = False
+    _between_cells()
+    if _stopped and os.getppid() != _parent[0]:   # The sweep is gone: nobody to answer.
+      os._exit(_CODES[_stopped[0]])

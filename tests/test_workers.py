@@ -1,5 +1,6 @@
 """A sweep's worker processes (jtl/workers.py): how many, and that they stop as a run does."""
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -51,7 +52,10 @@ def train_until_stopped(item):
     raise preemption.stop(step, f"W/{name}")
 
 
-def test_ctrl_c_reaches_each_busy_worker_once_and_queued_cells_do_not_start(tmp_path):
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGINT, 130, "Ctrl-C at step "),
+                                                (signal.SIGTERM, 143, "SIGTERM at step ")])
+def test_a_stop_reaches_each_busy_worker_once_and_queued_cells_do_not_start(
+    tmp_path, signum, code, line):
   items = [(name, str(tmp_path)) for name in ("a", "b", "c", "d")]
   before = signal.getsignal(signal.SIGINT)
   with pytest.raises(runtime.Preempted) as stopped:
@@ -61,13 +65,14 @@ def test_ctrl_c_reaches_each_busy_worker_once_and_queued_cells_do_not_start(tmp_
       while len(os.listdir(tmp_path)) < 2 and time.time() < deadline:
         time.sleep(0.05)
       assert sorted(os.listdir(tmp_path)) == ["a", "b"]
-      os.kill(os.getpid(), signal.SIGINT)   # As a terminal's Ctrl-C reaches the sweep alone.
+      os.kill(os.getpid(), signum)   # As a terminal's Ctrl-C reaches the sweep alone.
       drain(results)
   # The first cell's own line: it finished its step, so one Ctrl-C was not taken as two.
-  assert stopped.value.code == 130 and str(stopped.value).startswith("Ctrl-C at step ")
+  assert stopped.value.code == code and str(stopped.value).startswith(line)
   assert "W/a" in str(stopped.value)
   assert sorted(os.listdir(tmp_path)) == ["a", "b"]   # c and d never started.
   assert signal.getsignal(signal.SIGINT) == before   # Put back.
+  assert not any(p.is_alive() for p in multiprocessing.active_children()), multiprocessing.active_children()
 
 
 class Unreadable(Exception):
@@ -83,6 +88,17 @@ def test_a_cells_error_that_does_not_unpickle_comes_back_as_its_message():
   with pytest.raises(RuntimeError, match="Unreadable: cell x failed"):
     with workers.Workers(2, fail_unreadably) as pool:
       drain(pool.imap(["x"]))
+  assert not any(p.is_alive() for p in multiprocessing.active_children())   # None left over.
+
+
+def square(x):
+  return x * x
+
+
+def test_workers_give_results_in_order_and_end_with_their_queue():
+  with workers.Workers(2, square) as pool:
+    assert list(pool.imap(range(7))) == [0, 1, 4, 9, 16, 25, 36]
+  assert not any(p.is_alive() for p in multiprocessing.active_children()), multiprocessing.active_children()
 
 
 @pytest.mark.slow
