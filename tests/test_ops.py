@@ -28,10 +28,14 @@ def test_onednn_is_on_by_default_and_JTL_ONEDNN_0_turns_it_off(value, expected):
 
 @pytest.mark.slow   # A whole test session in a fresh process.
 def test_onednn_convolutions_match_xla_in_a_fresh_process():
-  run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+  run = subprocess.run([sys.executable, "-m", "pytest", "-v", "-n", "0", "-p", "no:cacheprovider",
                         "tests/onednn_checks.py"], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, JTL_ONEDNN="1"), timeout=900)
-  assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+  # A crash (the 2026-11-27 abort, a SIGSEGV in CI on 2026-12-07) names the check it was in
+  # on stdout, and where each thread was at the top of the fault handler's report.
+  crash = run.stderr.find("Fatal Python error")
+  assert run.returncode == 0, (run.stdout[-1500:] + "\n" + run.stderr[max(crash, 0):][:6000]
+                               if crash >= 0 else (run.stdout + run.stderr)[-4000:])
   assert " passed" in run.stdout and " failed" not in run.stdout
 
 
