@@ -59,3 +59,25 @@ def test_a_new_kernel_at_the_memory_map_limit_is_an_error_not_a_crash():
                        timeout=600)
   assert run.returncode == 0, (f"exit code {run.returncode}\n" + run.stdout + run.stderr)[-4000:]
   assert "at the map limit: " in run.stdout and "vm.max_map_count" in run.stdout
+
+
+def test_strided_1x1_weight_gradients_stay_right_over_repeated_calls():
+  """oneDNN 2.6's 1x1 weight gradient with stride 2 and fewer input channels than its block
+  (nhwc) writes past its workspace (oneDNN issue #6035): before jtl subsampled such inputs in
+  XLA, all but the first of 300 calls here gave wrong weights, and it was the suite's abort."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jtl import ops
+  from onednn_checks import value_and_grads, xla_conv
+  assert ops.available(), "oneDNN is off (JTL_ONEDNN=0) or did not build (see stderr)"
+  kx, kw, kr = jax.random.split(jax.random.key(12), 3)
+  x, w = jax.random.normal(kx, (3, 10, 10, 5)), jax.random.normal(kw, (1, 1, 5, 6))
+  r = jax.random.normal(kr, (3, 5, 5, 6))
+  padding = ((0, 0), (0, 0))
+  want = value_and_grads(xla_conv, x, w, r, (2, 2), padding)
+  for call in range(20):
+    got = value_and_grads(ops.conv, x, w, r, (2, 2), padding)
+    for name, a, b in zip(("y", "dx", "dw"), got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()),
+                                 err_msg=f"{name} of call {call}")

@@ -9,11 +9,10 @@ keyed by the source, jax version and compiler command, so each machine builds
 it once (~4 s). Anything that goes wrong leaves `load()` returning () with
 a one-line notice on stderr; callers then use XLA's convolution.
 It is on by default; JTL_ONEDNN=0 turns it off (XLA's convolution everywhere). It was
-opt-in after one full test run out of four aborted inside a oneDNN call (2026-11-27). Since
-then every call runs one at a time and turns any C++ exception into a Python error, a kernel
-made with no memory map to spare is refused (oneDNN 2.6 segfaults there), and
-tests/onednn_stress.py runs 200 rounds of every direction from several threads and devices
-without an abort (README, "Speed and scale").
+opt-in after one full test run out of four aborted inside a oneDNN call (2026-11-27). The
+cause, found on 2026-12-07: oneDNN 2.6's weight gradient of a strided 1x1 convolution with
+few input channels writes past its workspace (oneDNN issue #6035); jtl/ops/conv.py now gives
+oneDNN those convolutions at stride 1 (README, "Speed and scale").
 """
 
 import ctypes
