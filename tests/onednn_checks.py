@@ -35,6 +35,14 @@ def value_and_grads(conv, x, w, r, strides, padding):
   return y, dx, dw
 
 
+def assert_matches(got, want, context=""):
+  """(y, dx, dw) of oneDNN against XLA's, to float32 rounding."""
+  for name, a, b in zip(("y", "dx", "dw"), got, want):
+    assert a.shape == b.shape, name
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()),
+                               err_msg=f"{name}{context}")
+
+
 def test_library_builds_and_replaces_xla_convolutions():
   assert ops.available(), "oneDNN conv library did not build; see the notice on stderr"
   x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
@@ -79,10 +87,7 @@ def test_matches_xla(kernel, stride, padding, size):
   r = jax.random.normal(kr, y_ref.shape)
   got = value_and_grads(ops.conv, x, w, r, (stride, stride), padding)
   want = value_and_grads(xla_conv, x, w, r, (stride, stride), padding)
-  for name, a, b in zip(("y", "dx", "dw"), got, want):
-    assert a.shape == b.shape, name
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()),
-                               err_msg=name)
+  assert_matches(got, want)
 
 
 def test_bfloat16_close_to_float32():
