@@ -1,6 +1,6 @@
 r"""The main study: the seed article's source -> target flow, over enough seeds to decide.
 
-  ./launch.sh experiments/seed_transfer.py   # ~20 min on 2 CPU cores (two cells at a time; ~24 with --jobs 1), set-up included
+  ./launch.sh experiments/seed_transfer.py   # ~20 min on a 2-core Zen 5 (two cells at a time; ~24 with --jobs 1), set-up included
   ./launch.sh report runs/seed_transfer            # remake RESULTS.md and the plots
 
 1. Sources: a small-stem ResNet-18 (width 0.25) trained on Fashion-MNIST classes 0-4
